@@ -1,0 +1,104 @@
+"""From a config to the three splits the engine trains on (host numpy; no device code here)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from cmseg_jax.data import lits, phantom
+
+SPLITS = ("train", "val", "test")
+
+
+def default_cache_root() -> pathlib.Path:
+    """``$CMSEG_CACHE`` or ``~/.cache/cmseg_jax``."""
+    return pathlib.Path(os.environ.get("CMSEG_CACHE", pathlib.Path.home() / ".cache" / "cmseg_jax"))
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.SliceSet], str]:
+    """Loads (and caches) the slice sets of ``config.data``.
+
+    With ``data.source == 'phantom'`` the embedded CT phantom is generated (once, cached) as
+    LiTS-format NIfTI files and read back through the same loader as LiTS.
+
+    Returns:
+      ({'train', 'val', 'test'} -> SliceSet, a one-line description of the data used).
+    """
+    d = config.data
+    cache_root = pathlib.Path(d.cache_dir) if d.cache_dir else default_cache_root()
+    if d.source == "phantom":
+        data_dir = phantom.ensure_phantom(
+            cache_root / "phantom",
+            num_volumes=d.phantom_volumes,
+            shape=tuple(d.phantom_shape),
+            seed=d.phantom_seed,
+        )
+        what = (
+            f"SYNTHETIC embedded CT phantom ({d.phantom_volumes} volumes "
+            f"{tuple(d.phantom_shape)}, seed {d.phantom_seed}) at {data_dir} -- NOT LiTS"
+        )
+    elif d.source == "lits":
+        if not d.dir:
+            raise ValueError("data.source='lits' needs --config.data.dir=/path/to/LiTS")
+        data_dir = pathlib.Path(d.dir)
+        what = f"LiTS-format NIfTI volumes from {data_dir}"
+    else:
+        raise ValueError(f"data.source must be 'phantom' or 'lits', got {d.source!r}")
+    splits = lits.load_splits(
+        data_dir,
+        image_size=d.image_size,
+        split_seed=d.split_seed,
+        fractions=tuple(d.fractions),
+        liver_slices=d.liver_slices,
+        background_slices=d.background_slices,
+        hu_window=tuple(d.hu_window),
+        cache_dir=cache_root / "slices",
+    )
+    sizes = ", ".join(f"{name} {len(splits[name].labels)}" for name in SPLITS)
+    what = f"{what}; slices: {sizes}; image size {d.image_size}"
+    logging.info("DATA: %s", what)
+    return splits, what
+
+
+def class_weights(masks: np.ndarray, num_classes: int = 2) -> np.ndarray:
+    """Inverse pixel frequency of each class in ``masks`` (N, S, S), normalised to mean 1.
+
+    The normalisation does not change the loss (it is divided by the summed weights) but keeps the
+    numbers readable. A class absent from the training set gets weight 0.
+    """
+    counts = np.bincount(masks.ravel().astype(np.int64), minlength=num_classes).astype(np.float64)
+    freq = counts / counts.sum()
+    inv = np.where(counts > 0, 1.0 / np.maximum(freq, 1e-300), 0.0)
+    return (inv / inv[inv > 0].mean()).astype(np.float32)
+
+
+def device_layout(split: lits.SliceSet, pad_to: int = 1) -> dict[str, np.ndarray]:
+    """The engine's split dict, padded with empty slices to a multiple of ``pad_to``.
+
+    Returns:
+      {"images": (M, S, S) float32, "masks": (M, S, S) uint8, "labels": (M,) int32,
+       "valid": (M,) bool}, M = N rounded up to a multiple of ``pad_to``.
+    """
+    n = len(split.labels)
+    pixels = n * split.images.shape[1] * split.images.shape[2]
+    if pixels >= 2**31:
+        raise ValueError(
+            f"a split of {n} slices has {pixels} pixels; confusion counts are int32 on device "
+            "(exact below 2**31): use fewer slices per split"
+        )
+    m = -(-n // pad_to) * pad_to
+    pad = m - n
+
+    def padded(x, fill):
+        return np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
+
+    return {
+        "images": padded(split.images.astype(np.float32), -1.0),
+        "masks": padded(split.masks.astype(np.uint8), 0),
+        "labels": padded(split.labels.astype(np.int32), 0),
+        "valid": padded(np.ones(n, bool), False),
+    }

@@ -1,0 +1,402 @@
+"""Trains many seeds of one experiment at once: the CLI entry and the only module that knows devices.
+
+    python -m cmseg_jax.sweep --config configs/cam_beta.py --num_seeds 48 --workdir runs/cam_beta
+    python -m cmseg_jax.sweep --config configs/full_ce.py:cpu --seeds 3,7 --workdir runs/x \
+        --config.train.epochs=5
+    python -m cmseg_jax.sweep --config configs/cam_beta.py --dry_run
+
+The per-seed functions of :mod:`cmseg_jax.train` are ``vmap``-ed over a seed axis, optionally in
+chunks of ``train.seed_chunk`` seeds (``lax.map`` over chunks, to fit memory), and ``jit``-ed once:
+an epoch is one compiled call (one ``lax.scan`` over its steps) on data that stay on the device.
+After each epoch the three splits are evaluated, one line per seed and split goes to
+``metrics.jsonl`` and the seed-stacked state is checkpointed; re-running the same command on the
+same workdir resumes after the last checkpoint. Outputs: docs/workdir.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax import lax
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from cmseg_jax import checkpoint, io_utils, results
+from cmseg_jax.data import dataset
+from cmseg_jax.models.convmixerseg import count_params
+from cmseg_jax.train import TrainState, Trainer, make_train, seed_key
+
+SPLITS = dataset.SPLITS
+
+
+def resolve_seeds(num_seeds: int | None, seeds: str | None, default: int) -> list[int]:
+    """Seeds to train: ``--seeds 3,7`` exactly, else ``range(--num_seeds)``, else the config's."""
+    if seeds:
+        if num_seeds:
+            raise ValueError("give either --seeds or --num_seeds, not both")
+        try:
+            out = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+        if len(set(out)) != len(out) or any(s < 0 for s in out):
+            raise ValueError(f"--seeds must be distinct non-negative integers, got {seeds!r}")
+        return out
+    n = num_seeds or default
+    if n < 1:
+        raise ValueError(f"--num_seeds must be >= 1, got {n}")
+    return list(range(n))
+
+
+def over_seeds(fn: Callable, chunk: int) -> Callable:
+    """Lifts a per-seed ``fn(state, *shared)`` to a seed-stacked first argument.
+
+    The seed axis is vmapped; with ``0 < chunk < num_seeds`` it is split into chunks of ``chunk``
+    seeds that run one after another (``lax.map``), so only one chunk's activations are live.
+    The number of seeds must then be a multiple of ``chunk`` (the sweep pads).
+    """
+
+    def run(states, *shared):
+        batched = jax.vmap(lambda s: fn(s, *shared))
+        num = jax.tree_util.tree_leaves(states)[0].shape[0]
+        if chunk <= 0 or chunk >= num:
+            return batched(states)
+        split = jax.tree_util.tree_map(lambda x: x.reshape((num // chunk, chunk) + x.shape[1:]), states)
+        out = lax.map(batched, split)
+        return jax.tree_util.tree_map(lambda x: x.reshape((num,) + x.shape[2:]), out)
+
+    return run
+
+
+class SweepFns:
+    """The jitted, seed-stacked functions of a sweep; each compiles once per input shape."""
+
+    def __init__(self, trainer: Trainer, chunk: int, steps_per_call: int):
+        spe = trainer.steps_per_epoch
+        self.call_lengths = _call_lengths(spe, steps_per_call)
+        self.init = jax.jit(over_seeds(trainer.init, chunk))
+        self.train = {
+            length: jax.jit(
+                over_seeds(functools.partial(trainer.train_steps, length=length), chunk),
+                donate_argnums=0,
+            )
+            for length in sorted(set(self.call_lengths))
+        }
+        self.evaluate = jax.jit(over_seeds(trainer.evaluate, chunk))
+        self.evaluate_final = jax.jit(over_seeds(trainer.evaluate_final, chunk))
+        self.predict = jax.jit(trainer.predict)
+
+
+def _call_lengths(steps_per_epoch: int, steps_per_call: int) -> list[int]:
+    if steps_per_call <= 0 or steps_per_call >= steps_per_epoch:
+        return [steps_per_epoch]
+    full, rest = divmod(steps_per_epoch, steps_per_call)
+    return [steps_per_call] * full + ([rest] if rest else [])
+
+
+def _pad_seeds(keys: np.ndarray, chunk: int) -> np.ndarray:
+    """Repeats the last key so the seed count is a multiple of ``chunk`` (extra rows are dropped)."""
+    if chunk <= 0 or len(keys) % chunk == 0:
+        return keys
+    extra = chunk - len(keys) % chunk
+    return np.concatenate([keys, np.repeat(keys[-1:], extra, axis=0)])
+
+
+def _host(tree):
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def _config_record(config: ml_collections.ConfigDict, seeds: list[int]) -> dict:
+    record = json.loads(config.to_json())
+    record["seeds"] = list(seeds)
+    return record
+
+
+def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
+    """Refuses to mix runs: a workdir holds one config and one seed list."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+    if changed:
+        raise ValueError(
+            f"{path}: the workdir holds a run with different settings ({', '.join(changed)}); "
+            "use a new --workdir or the original command"
+        )
+
+
+def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
+    """Parameter count, FLOPs per seed-step and a memory estimate, without data or training."""
+    size = config.data.image_size
+    batch = config.train.batch_size
+    trainer = make_train(config, num_train=batch)
+    state = jax.eval_shape(trainer.init, seed_key(0, 0))
+    params = count_params(state.params)
+    split = {
+        "images": jax.ShapeDtypeStruct((batch, size, size), jnp.float32),
+        "masks": jax.ShapeDtypeStruct((batch, size, size), jnp.uint8),
+        "labels": jax.ShapeDtypeStruct((batch,), jnp.int32),
+        "valid": jax.ShapeDtypeStruct((batch,), bool),
+    }
+    weights = jax.ShapeDtypeStruct((config.model.num_classes,), jnp.float32)
+    step = jax.jit(functools.partial(trainer.train_steps, length=1))
+    compiled = step.lower(state, split, weights, 0, 0).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    mem = compiled.memory_analysis()
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+    temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
+    chunk = config.train.seed_chunk if 0 < config.train.seed_chunk < num_seeds else num_seeds
+    n_train_est = 3 * config.data.liver_slices  # rough: slices per training volume
+    data_bytes = (
+        config.data.phantom_volumes
+        * (config.data.liver_slices + config.data.background_slices)
+        * size
+        * size
+        * 5
+    )
+    del n_train_est
+    total = num_seeds * state_bytes + chunk * temp + data_bytes
+    return {
+        "params": params,
+        "flops_per_seed_step": flops,
+        "state_bytes_per_seed": state_bytes,
+        "temp_bytes_per_seed_step": temp,
+        "seeds_per_chunk": chunk,
+        "estimated_device_bytes": total,
+    }
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    seeds: Sequence[int],
+    progress: bool = True,
+) -> dict:
+    """Trains ``seeds`` of ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+    Returns:
+      {"seeds", "diverged", "table" (split -> metric -> (S,)), "summary" (markdown), "fns"}.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seeds = list(seeds)
+    record = _config_record(config, seeds)
+    _check_workdir(workdir, record)
+    io_utils.write_json(workdir / "config.json", record)
+
+    splits, data_description = dataset.load_dataset(config)
+    print(f"DATA: {data_description}", file=sys.stderr, flush=True)
+    weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
+    host_data = {
+        "train": dataset.device_layout(splits["train"]),
+        "val": dataset.device_layout(splits["val"], config.eval.batch_size),
+        "test": dataset.device_layout(splits["test"], config.eval.batch_size),
+    }
+    host_data["train_eval"] = dataset.device_layout(splits["train"], config.eval.batch_size)
+    data = jax.device_put(host_data)
+    class_weights = jax.device_put(weights)
+
+    trainer = make_train(config, num_train=len(splits["train"].labels))
+    chunk = config.train.seed_chunk
+    fns = SweepFns(trainer, chunk, config.train.steps_per_call)
+    num = len(seeds)
+    keys = _pad_seeds(np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds]), chunk)
+    states = fns.init(jnp.asarray(keys))
+
+    ckpt = checkpoint.Checkpointer(workdir)
+    jsonl = workdir / "metrics.jsonl"
+    start = ckpt.latest_epoch() or 0
+    if start:
+        restored = ckpt.restore(start, _take(states, num))
+        states = _pad_state(restored, len(keys))
+        results.truncate_jsonl(jsonl, start)
+        logging.info("resuming %s after epoch %d", workdir, start)
+        print(f"RESUME: {workdir} after epoch {start}", file=sys.stderr, flush=True)
+    elif jsonl.exists():
+        jsonl.unlink()
+
+    epochs = config.train.epochs
+    spe = trainer.steps_per_epoch
+    bar = tqdm(
+        total=(epochs - start) * spe * num,
+        unit="seed-step",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"{config.name} × {num} seeds",
+        file=sys.stderr,
+    )
+    for epoch in range(start + 1, epochs + 1):
+        loss_sum = jnp.zeros((len(keys),), jnp.float32)
+        step0 = 0
+        for length in fns.call_lengths:
+            states, out = fns.train[length](
+                states, data["train"], class_weights, jnp.int32(epoch), jnp.int32(step0)
+            )
+            loss_sum = loss_sum + out["loss_sum"]
+            step0 += length
+            out["loss_sum"].block_until_ready()
+            bar.update(length * num)
+        train_loss = np.asarray(loss_sum)[:num] / spe
+        diverged = np.asarray(states.diverged)[:num]
+        bar.set_postfix(epoch=epoch, loss=f"{np.nanmean(np.where(diverged, np.nan, train_loss)):.4f}")
+        if epoch % config.eval.every_epochs == 0 or epoch == epochs:
+            evals = _evaluate(fns.evaluate, states, data, class_weights, num)
+            results.append_jsonl(
+                jsonl, results.epoch_records(epoch, seeds, train_loss, evals, diverged)
+            )
+        if diverged.any():
+            logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
+        ckpt.save(epoch, _take(states, num))
+    bar.close()
+    ckpt.close()
+
+    out = _finish(config, workdir, seeds, states, data, class_weights, fns, data_description)
+    out["fns"] = fns
+    return out
+
+
+def _take(states: TrainState, num: int) -> TrainState:
+    return jax.tree_util.tree_map(lambda x: x[:num], states)
+
+
+def _pad_state(states: TrainState, total: int) -> TrainState:
+    def pad(x):
+        x = jnp.asarray(x)
+        extra = total - x.shape[0]
+        return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+    return jax.tree_util.tree_map(pad, states)
+
+
+def _evaluate(evaluate, states, data, class_weights, num) -> dict:
+    names = {"train": "train_eval", "val": "val", "test": "test"}
+    evals = {split: evaluate(states, data[names[split]], class_weights) for split in SPLITS}
+    return jax.tree_util.tree_map(lambda x: x[:num], _host(evals))
+
+
+def _finish(config, workdir, seeds, states, data, class_weights, fns, data_description) -> dict:
+    num = len(seeds)
+    evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
+    diverged = np.asarray(states.diverged)[:num]
+    confusion = np.stack([np.asarray(evals[s]["confusion"], np.int64) for s in SPLITS], axis=1)
+    cls_confusion = np.stack(
+        [np.asarray(evals[s]["cls_confusion"], np.int64) for s in SPLITS], axis=1
+    )
+    hists = np.stack([np.asarray(evals[s]["histograms"], np.int64) for s in SPLITS], axis=1)
+    bins = config.eval.score_bins
+    io_utils.write_npz(
+        workdir / "final_stats.npz",
+        seeds=np.asarray(seeds, np.int64),
+        splits=np.asarray(SPLITS),
+        confusion=confusion,
+        cls_confusion=cls_confusion,
+        hist_liver=hists[:, :, 0],
+        hist_background=hists[:, :, 1],
+        bin_edges=np.linspace(0.0, 1.0, bins + 1),
+    )
+    table = results.final_table(seeds, confusion, cls_confusion, diverged)
+    io_utils.write_text(workdir / "results.csv", results.results_csv(seeds, table))
+    summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
+    io_utils.write_text(workdir / "summary.md", summary)
+    _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
+    device = jax.devices()[0]
+    io_utils.write_json(
+        workdir / "run.json",
+        {
+            "seeds": [int(s) for s in seeds],
+            "diverged": [int(s) for s, d in zip(seeds, diverged, strict=True) if d],
+            "epochs_completed": int(config.train.epochs),
+            "num_epochs": int(config.train.epochs),
+            "data": data_description,
+            "device": f"{device.platform}:{device.device_kind}",
+        },
+    )
+    return {"seeds": seeds, "diverged": diverged, "table": table, "summary": summary}
+
+
+def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) -> None:
+    """Test slices with the liver score of the best / median / worst seed by validation MCC."""
+    val_mcc = np.where(diverged, np.nan, table["val"]["mcc"])
+    finite = np.flatnonzero(np.isfinite(val_mcc))
+    if finite.size == 0:
+        return
+    order = finite[np.argsort(val_mcc[finite], kind="stable")]
+    picks = [order[-1], order[len(order) // 2], order[0]]
+    test = jax.tree_util.tree_map(np.asarray, data["test"])
+    valid = np.flatnonzero(test["valid"])
+    liver = [i for i in valid if test["labels"][i] == 1]
+    background = [i for i in valid if test["labels"][i] == 0]
+    half = config.eval.num_examples // 2
+    chosen = np.asarray(
+        (liver[:half] + background[: config.eval.num_examples - half])[: config.eval.num_examples]
+    )
+    images = test["images"][chosen]
+    scores = []
+    for row in picks:
+        state = jax.tree_util.tree_map(lambda x, r=row: x[r], states)
+        scores.append(np.asarray(fns.predict(state, jnp.asarray(images)), np.float16))
+    io_utils.write_npz(
+        workdir / "examples.npz",
+        images=images,
+        masks=test["masks"][chosen],
+        seeds=np.asarray([seeds[r] for r in picks], np.int64),
+        roles=np.asarray(["best", "median", "worst"]),
+        scores=np.stack(scores),
+        threshold=np.float32(config.cam.threshold if config.method == "cam_alpha" else 0.5),
+    )
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:variant).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Train seeds 0 .. N-1.")
+_SEEDS = flags.DEFINE_string("seeds", None, "Train exactly these seeds, e.g. 3,7.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print params, FLOPs and memory, then exit.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    # Orbax logs every save at INFO; keep the terminal for the progress bar and the summary.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config configs/cam_beta.py")
+    seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
+    if _DRY_RUN.value:
+        info = dry_run(config, len(seeds))
+        print(f"params: {info['params']}")
+        print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
+        print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
+        print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}")
+        print(
+            f"estimated_device_bytes: {info['estimated_device_bytes'] / 2**30:.2f} GiB "
+            f"({len(seeds)} seeds, {info['seeds_per_chunk']} per chunk)"
+        )
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    t0 = time.time()
+    out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value)
+    print(out["summary"])
+    print(f"wrote {_WORKDIR.value} in {time.time() - t0:.0f} s")
+
+
+def entry() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    entry()

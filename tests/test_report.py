@@ -1,0 +1,365 @@
+"""cmseg_jax.report on synthetic workdirs written exactly as docs/workdir.md specifies."""
+
+import csv
+import json
+import math
+import pathlib
+
+import matplotlib.image
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import average_precision_score
+
+from cmseg_jax import metrics, report, stats
+
+SPLITS = ("train", "val", "test")
+CSV_METRICS = ("acc", "mcc", "iou", "dice", "precision", "recall") + tuple(
+    f"cls_{m}" for m in ("acc", "mcc", "iou", "precision", "recall")
+)
+BINS = 100
+PIXELS = 4000
+
+
+def _scores(rng, quality, n):
+    """Liver-score sample of one seed and split: ``quality`` in [0, 1] separates the classes."""
+    target = rng.random(n) < 0.15
+    noise = rng.normal(0, 0.25, n)
+    scores = np.clip(0.5 + (quality - 0.2) * np.where(target, 0.6, -0.6) + noise, 0, 1)
+    return scores, target
+
+
+def _hist(scores, mask):
+    bins = np.minimum(np.floor(scores[mask] * BINS).astype(int), BINS - 1)
+    return np.bincount(bins, minlength=BINS)
+
+
+def _conf(pred, target):
+    return [
+        np.sum(pred & target),
+        np.sum(pred & ~target),
+        np.sum(~pred & target),
+        np.sum(~pred & ~target),
+    ]
+
+
+def make_workdir(
+    path,
+    seeds,
+    *,
+    quality_shift=0.0,
+    diverged=(),
+    epochs=3,
+    num_epochs=3,
+    finished=True,
+    rng_seed=0,
+):
+    """A fake sweep workdir following docs/workdir.md.
+
+    A finished run has config.json, metrics.jsonl, results.csv, final_stats.npz, examples.npz,
+    run.json and summary.md; an unfinished one only config.json and metrics.jsonl (what a sweep
+    has written before ``_finish``). Returns the raw test scores per seed for oracle checks.
+    """
+    path = pathlib.Path(path)
+    path.mkdir(parents=True)
+    (path / "checkpoints").mkdir()
+    rng = np.random.default_rng(rng_seed)
+    seeds = list(seeds)
+    quality = {s: float(np.clip(rng.beta(5, 2) + quality_shift, 0, 1)) for s in seeds}
+    (path / "config.json").write_text(
+        json.dumps({"name": path.name, "train": {"epochs": num_epochs}, "seeds": seeds})
+    )
+
+    lines = []
+    for epoch in range(1, epochs + 1):
+        for s in seeds:
+            bad = s in diverged and epoch == epochs
+            for split in SPLITS:
+                q = quality[s] * epoch / num_epochs
+                scores, target = _scores(rng, q, 500)
+                conf = _conf(scores >= 0.5, target)
+                cls_target = rng.random(20) < 0.5
+                cls_pred = np.where(rng.random(20) < 0.5 + q / 2, cls_target, ~cls_target)
+                cls_conf = _conf(cls_pred, cls_target)
+                row = {
+                    "epoch": epoch,
+                    "seed": s,
+                    "split": split,
+                    "loss": 1 - q,
+                    "diverged": bool(bad),
+                }
+                row |= dict(zip(("tp", "fp", "fn", "tn"), map(int, conf), strict=True))
+                row |= dict(
+                    zip(("cls_tp", "cls_fp", "cls_fn", "cls_tn"), map(int, cls_conf), strict=True)
+                )
+                row |= {k: float(v) for k, v in metrics.metrics_from_confusion(conf).items()}
+                cls = metrics.metrics_from_confusion(cls_conf)
+                row |= {
+                    f"cls_{k}": float(cls[k]) for k in ("acc", "mcc", "iou", "precision", "recall")
+                }
+                lines.append(json.dumps(row))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if not finished:
+        return None
+
+    test_scores = {}
+    confusion = np.zeros((len(seeds), 3, 4), np.int64)
+    cls_confusion = np.zeros((len(seeds), 3, 4), np.int64)
+    hist_liver = np.zeros((len(seeds), 3, BINS), np.int64)
+    hist_background = np.zeros((len(seeds), 3, BINS), np.int64)
+    for i, s in enumerate(seeds):
+        for j, split in enumerate(SPLITS):
+            scores, target = _scores(rng, quality[s], PIXELS)
+            if split == "test":
+                test_scores[s] = (scores, target)
+            confusion[i, j] = _conf(scores >= 0.5, target)
+            cls_target = rng.random(40) < 0.5
+            cls_pred = np.where(rng.random(40) < 0.5 + quality[s] / 2, cls_target, ~cls_target)
+            cls_confusion[i, j] = _conf(cls_pred, cls_target)
+            hist_liver[i, j] = _hist(scores, target)
+            hist_background[i, j] = _hist(scores, ~target)
+    np.savez_compressed(
+        path / "final_stats.npz",
+        seeds=np.asarray(seeds, np.int64),
+        splits=np.asarray(SPLITS),
+        confusion=confusion,
+        cls_confusion=cls_confusion,
+        hist_liver=hist_liver,
+        hist_background=hist_background,
+        bin_edges=np.linspace(0, 1, BINS + 1),
+    )
+    with open(path / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed", "split", "metric", "value"])
+        for i, s in enumerate(seeds):
+            for j, split in enumerate(SPLITS):
+                seg = metrics.metrics_from_confusion(confusion[i, j])
+                cls = metrics.metrics_from_confusion(cls_confusion[i, j])
+                for m in CSV_METRICS:
+                    v = cls[m[4:]] if m.startswith("cls_") else seg[m]
+                    writer.writerow([s, split, m, "nan" if s in diverged else f"{float(v):.6g}"])
+
+    ok = [s for s in seeds if s not in diverged]
+    val_mcc = {s: metrics.metrics_from_confusion(confusion[seeds.index(s), 1])["mcc"] for s in ok}
+    ranked = sorted(ok, key=lambda s: val_mcc[s])
+    picks = [ranked[-1], ranked[len(ranked) // 2], ranked[0]]
+    yy, xx = np.mgrid[:32, :32]
+    masks = np.stack(
+        [((yy - 12 - k) ** 2 + (xx - 14) ** 2 < 60).astype(np.uint8) for k in range(2)]
+    )
+    images = (masks * 0.6 - 0.3 + rng.normal(0, 0.1, masks.shape)).astype(np.float32)
+    scores = np.stack(
+        [np.clip(masks * quality[s] + rng.random(masks.shape) * 0.4, 0, 1) for s in picks]
+    ).astype(np.float16)
+    np.savez_compressed(
+        path / "examples.npz",
+        images=images,
+        masks=masks,
+        seeds=np.asarray(picks, np.int64),
+        roles=np.asarray(["best", "median", "worst"]),
+        scores=scores,
+        threshold=np.float32(0.5),
+    )
+    (path / "run.json").write_text(
+        json.dumps(
+            {
+                "seeds": seeds,
+                "diverged": sorted(diverged),
+                "epochs_completed": epochs,
+                "num_epochs": num_epochs,
+                "data": "synthetic",
+                "device": "cpu:test",
+            }
+        )
+    )
+    (path / "summary.md").write_text("# synthetic\n")
+    return test_scores
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    base_scores = make_workdir(root / "baseline", range(12), diverged={3}, rng_seed=1)
+    make_workdir(root / "worse", range(10), quality_shift=-0.3, rng_seed=2)
+    make_workdir(root / "partial", range(6), epochs=2, num_epochs=5, finished=False, rng_seed=3)
+    return root, base_scores
+
+
+def _assert_png_ok(path):
+    img = matplotlib.image.imread(path)
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    assert float(np.std(img[..., :3])) > 0
+
+
+def test_thesis_table_from_results_csv(sweeps):
+    root, _ = sweeps
+    run = report.load_run(root / "baseline")
+    assert run.source.startswith("results.csv")
+    assert run.diverged == [3] and len(run.seeds) == 12
+    values = {}
+    with open(root / "baseline" / "results.csv") as f:
+        for row in csv.DictReader(f):
+            values.setdefault((row["split"], row["metric"]), []).append(float(row["value"]))
+    table = report.thesis_table_markdown(run)
+    assert "n = 11 of 12; 1 diverged: [3]" in table
+    assert "|  | Training | Validation | Testing |" in table
+    for metric, title in (("mcc", "MCC"), ("precision", "Prec"), ("cls_mcc", "Cls-MCC")):
+        cells = []
+        for split in SPLITS:
+            v = np.array(values[(split, metric)])
+            v = v[~np.isnan(v)]
+            assert v.size == 11
+            cells.append(f"{v.mean():.3f} ± {np.std(v, ddof=1):.3f} ({np.median(v):.3f})")
+        assert f"| {title} | " + " | ".join(cells) + " |" in table
+    # No cls_dice in the file (docs/workdir.md lists none): no such row, nothing invented.
+    assert "Cls-Dice" not in table and "| Dice |" in table
+
+
+def test_partial_run_uses_last_complete_epoch(tmp_path):
+    make_workdir(tmp_path / "p", range(4), epochs=3, num_epochs=10, finished=False, diverged={1})
+    jsonl = tmp_path / "p" / "metrics.jsonl"
+    lines = jsonl.read_text().splitlines()
+    # Epoch 3 logged for one seed only, then a half-written line: epoch 2 is the latest complete.
+    epoch3 = [ln for ln in lines if json.loads(ln)["epoch"] == 3]
+    kept = [ln for ln in lines if json.loads(ln)["epoch"] < 3] + epoch3[:3]
+    jsonl.write_text("\n".join(kept) + '\n{"epoch": 3, "seed": 1, "spl\n')
+    run = report.load_run(tmp_path / "p")
+    assert run.source == "metrics.jsonl, epoch 2 of 10"
+    assert any("unreadable" in n for n in run.notes)
+    epoch2 = [json.loads(ln) for ln in kept if json.loads(ln)["epoch"] == 2]
+    want = [r["mcc"] for r in epoch2 if r["split"] == "test"]
+    np.testing.assert_allclose(run.values["test"]["mcc"], want)
+    assert run.diverged == []  # the divergence was only logged in the dropped epoch 3 rows
+    assert any("no run.json" in n for n in run.notes)
+
+
+@pytest.fixture(scope="module")
+def built(sweeps, tmp_path_factory):
+    """The report of all three sweeps, built once through the CLI entry point."""
+    root, _ = sweeps
+    out = tmp_path_factory.mktemp("report")
+    argv = [str(root / n) for n in ("baseline", "worse", "partial")]
+    report.main([*argv, "--out", str(out), "--format", "csv", "--format", "json"])
+    return out
+
+
+def test_report_end_to_end(sweeps, built):
+    root, _ = sweeps
+    out = built
+    md = (out / "report.md").read_text()
+    for needle in (
+        "## Run `baseline`",
+        "## Run `partial`",
+        "### Learning curves",
+        "Comparison with baseline `baseline`",
+        "Alternative model",
+        "fair-threshold",
+        "diverged seeds (1, excluded from every statistic below): 3",
+        "metrics.jsonl, epoch 2 of 5",
+    ):
+        assert needle in md, needle
+    for name in (
+        "baseline_mcc_hist.png",
+        "baseline_curves.png",
+        "baseline_examples.png",
+        "worse_mcc_hist.png",
+        "partial_curves.png",
+    ):
+        assert f"]({name})" in md
+        _assert_png_ok(out / name)
+    assert not (out / "partial_examples.png").exists()  # a partial run has no examples.npz
+
+    data = json.loads((out / "report.json").read_text())  # strict JSON: NaN became null
+    rows = [r for r in data["comparisons"] if r["other"] == "worse"]
+    base = report.load_run(root / "baseline").values
+    worse = report.load_run(root / "worse").values
+    for r in rows:
+        a = base[r["split"]][r["metric"]]
+        b = worse[r["split"]][r["metric"]]
+        a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+        assert r["n_baseline"] == 11 and r["n_other"] == 10
+        assert r["mood_p"] == pytest.approx(sps.median_test(a, b)[1])
+        assert r["welch_p"] == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    mcc_test = next(r for r in rows if r["metric"] == "mcc" and r["split"] == "test")
+    assert mcc_test["higher_median"] == "baseline"
+
+    for name in ("summary.csv", "seeds.csv", "thresholds.csv", "curves.csv", "comparisons.csv"):
+        with open(out / name) as f:
+            assert len(list(csv.reader(f))) > 1, name
+    with open(out / "seeds.csv") as f:
+        diverged_rows = [
+            r for r in csv.DictReader(f) if r["run"] == "baseline" and r["seed"] == "3"
+        ]
+    assert diverged_rows and all(
+        r["diverged"] == "True" and r["value"] == "" for r in diverged_rows
+    )
+
+
+def test_learning_curve_t_interval(sweeps):
+    root, _ = sweeps
+    run = report.load_run(root / "baseline")
+    curves = report.learning_curves(run)
+    c = curves["mcc"]["val"]
+    np.testing.assert_array_equal(c["epoch"], [1, 2, 3])
+    rows = [r for r in run.epochs if r["split"] == "val" and r["epoch"] == 2 and r["seed"] != 3]
+    v = np.array([r["mcc"] for r in rows])
+    half = sps.t.ppf(0.975, v.size - 1) * np.std(v, ddof=1) / math.sqrt(v.size)
+    assert c["n"][1] == 11
+    assert c["mean"][1] == pytest.approx(v.mean())
+    assert c["high"][1] - c["mean"][1] == pytest.approx(half)
+
+
+def test_pxap_per_seed_vs_sklearn(sweeps):
+    root, base_scores = sweeps
+    run = report.load_run(root / "baseline")
+    fair = report.fair_threshold_evaluation(run.final_stats, exclude_seeds=run.diverged)
+    test = fair["splits"].index("test")
+    for i, seed in enumerate(fair["seeds"]):
+        scores, target = base_scores[int(seed)]
+        if int(seed) in run.diverged:
+            assert np.isnan(fair["pxap"][i, test])
+            continue
+        want = average_precision_score(target, scores)
+        assert fair["pxap"][i, test] == pytest.approx(want, abs=2e-2)
+    # The fixed-threshold numbers are the stored confusion counts' metrics (= results.csv).
+    np.testing.assert_allclose(fair["fixed"]["mcc"][:, test], run.values["test"]["mcc"], rtol=1e-5)
+
+
+def test_val_threshold_independent_of_test_labels(sweeps):
+    root, _ = sweeps
+    final_stats = dict(report.load_run(root / "baseline").final_stats)
+    fair = report.fair_threshold_evaluation(final_stats)
+    val = fair["splits"].index("val")
+    np.testing.assert_array_equal(
+        fair["threshold"],
+        metrics.best_threshold(
+            final_stats["hist_liver"][:, val], final_stats["hist_background"][:, val]
+        ),
+    )
+    # Flip most test labels: move test liver pixels to background and vice versa.
+    test = fair["splits"].index("test")
+    perturbed = dict(final_stats)
+    for key, other in (("hist_liver", "hist_background"), ("hist_background", "hist_liver")):
+        h = final_stats[key].copy()
+        h[:, test] = final_stats[other][:, test]
+        perturbed[key] = h
+    fair2 = report.fair_threshold_evaluation(perturbed)
+    np.testing.assert_array_equal(fair2["threshold"], fair["threshold"])
+    np.testing.assert_array_equal(fair2["chosen"]["mcc"][:, val], fair["chosen"]["mcc"][:, val])
+    assert not np.allclose(fair2["chosen"]["mcc"][:, test], fair["chosen"]["mcc"][:, test])
+
+
+def test_compare_runs_uses_stats_compare(sweeps):
+    root, _ = sweeps
+    base, worse = report.load_run(root / "baseline"), report.load_run(root / "worse")
+    rows = report.compare_runs(base, worse, alpha=0.1)
+    assert {(r["metric"], r["split"]) for r in rows} == {
+        (m, s) for m in CSV_METRICS for s in SPLITS
+    }
+    r = rows[0]
+    want = stats.compare(
+        base.values[r["split"]][r["metric"]], worse.values[r["split"]][r["metric"]], alpha=0.1
+    )
+    assert {k: r[k] for k in want if k != "notes"} == pytest.approx(
+        {k: want[k] for k in want if k != "notes"}, nan_ok=True
+    )
