@@ -41,7 +41,7 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, epoch: int, like: Any) -> Any:
-        """Restores the checkpoint of ``epoch`` into the structure, shapes and shardings of ``like``."""
+        """Restores epoch ``epoch`` into the structure, shapes and shardings of ``like``."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
 

@@ -46,7 +46,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.smoothing_sigma = 7.0
     config.model.smoothing_size = 50
     config.model.bn_momentum = 0.9
-    # auto | conv | shift: how the depthwise conv is computed (same function; see models/depthwise.py)
+    # auto | conv | shift: how the depthwise conv is computed (models/depthwise.py)
     config.model.depthwise_impl = "auto"
     config.model.dtype = "float32"
 

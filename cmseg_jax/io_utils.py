@@ -1,4 +1,4 @@
-"""Atomic file writes: a file is either absent, its old version, or complete — never half-written."""
+"""Atomic file writes: a file is absent, its old version, or complete; never half-written."""
 
 from __future__ import annotations
 

@@ -88,9 +88,7 @@ def final_table(seeds, confusion, cls_confusion, diverged) -> dict[str, dict[str
     table = {}
     for j, split in enumerate(SPLITS):
         rows = [metric_row(confusion[i, j], cls_confusion[i, j]) for i in range(len(seeds))]
-        table[split] = {
-            m: np.where(diverged, np.nan, [r[m] for r in rows]) for m in RESULT_METRICS
-        }
+        table[split] = {m: np.where(diverged, np.nan, [r[m] for r in rows]) for m in RESULT_METRICS}
     return table
 
 

@@ -1,4 +1,4 @@
-"""Trains many seeds of one experiment at once: the CLI entry and the only module that knows devices.
+"""Trains many seeds of one experiment at once; the CLI entry, the only module that knows devices.
 
     python -m cmseg_jax.sweep --config configs/cam_beta.py --num_seeds 48 --workdir runs/cam_beta
     python -m cmseg_jax.sweep --config configs/full_ce.py:cpu --seeds 3,7 --workdir runs/x \
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from cmseg_jax import checkpoint, io_utils, results
 from cmseg_jax.data import dataset
 from cmseg_jax.models.convmixerseg import count_params
-from cmseg_jax.train import TrainState, Trainer, make_train, seed_key
+from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
 
 SPLITS = dataset.SPLITS
 
@@ -70,7 +70,9 @@ def over_seeds(fn: Callable, chunk: int) -> Callable:
         num = jax.tree_util.tree_leaves(states)[0].shape[0]
         if chunk <= 0 or chunk >= num:
             return batched(states)
-        split = jax.tree_util.tree_map(lambda x: x.reshape((num // chunk, chunk) + x.shape[1:]), states)
+        split = jax.tree_util.tree_map(
+            lambda x: x.reshape((num // chunk, chunk) + x.shape[1:]), states
+        )
         out = lax.map(batched, split)
         return jax.tree_util.tree_map(lambda x: x.reshape((num,) + x.shape[2:]), out)
 
@@ -104,7 +106,7 @@ def _call_lengths(steps_per_epoch: int, steps_per_call: int) -> list[int]:
 
 
 def _pad_seeds(keys: np.ndarray, chunk: int) -> np.ndarray:
-    """Repeats the last key so the seed count is a multiple of ``chunk`` (extra rows are dropped)."""
+    """Repeats the last key so the seed count is a multiple of ``chunk`` (extra rows dropped)."""
     if chunk <= 0 or len(keys) % chunk == 0:
         return keys
     extra = chunk - len(keys) % chunk
@@ -250,7 +252,9 @@ def run(
             bar.update(length * num)
         train_loss = np.asarray(loss_sum)[:num] / spe
         diverged = np.asarray(states.diverged)[:num]
-        bar.set_postfix(epoch=epoch, loss=f"{np.nanmean(np.where(diverged, np.nan, train_loss)):.4f}")
+        bar.set_postfix(
+            epoch=epoch, loss=f"{np.nanmean(np.where(diverged, np.nan, train_loss)):.4f}"
+        )
         if epoch % config.eval.every_epochs == 0 or epoch == epochs:
             evals = _evaluate(fns.evaluate, states, data, class_weights, num)
             results.append_jsonl(

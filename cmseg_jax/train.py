@@ -1,19 +1,19 @@
 """Training and evaluation of ONE seed, as pure functions; the sweep vmaps them over seeds.
 
-``make_train(config)`` returns a :class:`Trainer` whose functions take a seed's state (or key) and the
-device-resident data and are free of Python side effects, so they can be ``jit``-ed, ``vmap``-ed over
-seeds, ``lax.map``-ed over seed chunks and (later) sharded over a ``seed`` mesh axis.
+``make_train(config)`` returns a :class:`Trainer` whose functions take a seed's state (or key) and
+the device-resident data and are free of Python side effects, so they can be ``jit``-ed, ``vmap``-ed
+over seeds, ``lax.map``-ed over seed chunks and (later) sharded over a ``seed`` mesh axis.
 
 Randomness is derived, never carried: a seed's key ``k = fold_in(PRNGKey(root_seed), seed)`` gives
-``fold_in(k, 0)`` for initialisation, ``fold_in(fold_in(k, 1), epoch)`` for the epoch's data order and
-``fold_in(fold_in(fold_in(k, 2), epoch), step)`` for the augmentation of a step. Seed i of an N-seed
-sweep therefore trains exactly as seed i alone, and an epoch can be resumed or split into several
-calls without changing a bit.
+``fold_in(k, 0)`` for initialisation, ``fold_in(fold_in(k, 1), epoch)`` for the epoch's data order
+and ``fold_in(fold_in(fold_in(k, 2), epoch), step)`` for the augmentation of a step. Seed i of an
+N-seed sweep therefore trains exactly as seed i alone, and an epoch can be resumed or split into
+several calls without changing a bit.
 
 Data layout (device arrays, shared by all seeds)::
 
   split = {"images": (N, S, S) float32 in [-1, 1], "masks": (N, S, S) uint8 {0, 1},
-           "labels": (N,) int32, "valid": (N,) bool}      # eval splits are padded to a batch multiple
+           "labels": (N,) int32, "valid": (N,) bool}  # eval splits padded to a batch multiple
   class_weights: (K,) float32, inverse pixel frequencies of the training set
 """
 
@@ -131,7 +131,7 @@ class Trainer:
       init: key (2,) -> TrainState.
       train_epoch: (state, train_split, class_weights, epoch) -> (state, {"loss_sum", "steps"}).
       train_steps: like train_epoch but only ``length`` steps from step ``start`` of the epoch
-        (``functools.partial``-bound static length); used to split an epoch for a finer progress bar.
+        (a ``functools.partial``-bound static length); splits an epoch for a finer progress bar.
       evaluate: (state, split, class_weights) -> sufficient statistics (sums over the split).
       evaluate_final: as ``evaluate`` plus liver-score histograms.
       predict: (state, images (B, S, S)) -> liver scores (B, S, S).
@@ -250,8 +250,9 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
                 raise ValueError(f"eval split of {n} slices is not padded to eval.batch_size")
 
             def body(totals, i):
-                sl = functools.partial(lax.dynamic_slice_in_dim, start_index=i * eval_batch,
-                                       slice_size=eval_batch)
+                sl = functools.partial(
+                    lax.dynamic_slice_in_dim, start_index=i * eval_batch, slice_size=eval_batch
+                )
                 images, masks = sl(split["images"]), sl(split["masks"])
                 labels, valid = sl(split["labels"]), sl(split["valid"])
                 outputs = apply_eval(state, images)

@@ -1,4 +1,4 @@
-"""Ablation Baseline-GS+BU: CAM_β without smoothing, bilinear upsampling instead of the transposed conv."""
+"""Ablation Baseline-GS+BU: CAM_β, no smoothing, bilinear upsampling instead of transposed conv."""
 
 from cmseg_jax.config_base import apply_variant, get_base_config
 

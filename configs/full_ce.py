@@ -1,4 +1,4 @@
-"""Full supervision: class-weighted cross-entropy (inverse training pixel frequencies), 25 epochs."""
+"""Full supervision: weighted cross-entropy (inverse training pixel frequencies), 25 epochs."""
 
 from cmseg_jax.config_base import apply_variant, get_base_config
 

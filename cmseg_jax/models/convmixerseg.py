@@ -15,11 +15,11 @@ Input size vs patch size. 512 is not a multiple of 7, so the input is padded sym
 value -1 (air after intensity mapping) to 518 = 74·7 and the decoder output is cropped back to 512;
 every prediction covers the full label, nothing is resized.
 
-Why the layers are hand-written instead of ``nn.Conv``: the sweep ``vmap``s the model over seeds, and
-vmapping a convolution over its *weights* lowers to a grouped convolution, which XLA runs slowly.
-The non-overlapping patch conv and transposed conv are exactly a reshape + einsum, and the pointwise
-conv is an einsum, so vmapped seeds become batched matmuls. Only the depthwise conv stays a
-convolution (vmapped it becomes a wider depthwise conv, seeds × h groups) or, on CPU, a fused
+Why the layers are hand-written instead of ``nn.Conv``: the sweep ``vmap``s the model over seeds,
+and vmapping a convolution over its *weights* lowers to a grouped convolution, which XLA runs
+slowly. The non-overlapping patch conv and transposed conv are exactly a reshape + einsum, and the
+pointwise conv is an einsum, so vmapped seeds become batched matmuls. Only the depthwise conv stays
+a convolution (vmapped it becomes a wider depthwise conv, seeds × h groups) or, on CPU, a fused
 shift-and-add (``cmseg_jax.models.depthwise``).
 
 Initialisation follows PyTorch's defaults (weights and biases ~ U(±1/sqrt(fan_in)), with PyTorch's
@@ -35,6 +35,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
 from cmseg_jax.models import heads
 from cmseg_jax.models.depthwise import depthwise_conv
 from cmseg_jax.models.smoothing import gaussian_smooth
@@ -58,7 +59,7 @@ def gelu(x: Array) -> Array:
 
 
 class PatchEmbed(nn.Module):
-    """Conv with kernel = stride = p as reshape + einsum: (B, P, P, C) -> (B, P/p, P/p, features)."""
+    """Conv with kernel = stride = p as reshape + einsum: (B, P, P, C) -> (B, P/p, P/p, F)."""
 
     features: int
     patch_size: int
@@ -75,7 +76,7 @@ class PatchEmbed(nn.Module):
 
 
 class PatchDecode(nn.Module):
-    """Transposed conv with kernel = stride = p as einsum + reshape: (B, n, n, C) -> (B, np, np, F)."""
+    """Transposed conv, kernel = stride = p, as einsum + reshape: (B, n, n, C) -> (B, np, np, F)."""
 
     features: int
     patch_size: int
@@ -171,7 +172,9 @@ class ConvMixerSeg(nn.Module):
           output for 'cam_alpha').
         """
         if self.upsample not in ("transposed", "bilinear"):
-            raise ValueError(f"model.upsample must be 'transposed' or 'bilinear', got {self.upsample!r}")
+            raise ValueError(
+                f"model.upsample must be 'transposed' or 'bilinear', got {self.upsample!r}"
+            )
         if self.head not in ("seg", "cam_alpha"):
             raise ValueError(f"model.head must be 'seg' or 'cam_alpha', got {self.head!r}")
         if self.head == "cam_alpha" and self.upsample != "transposed":
@@ -200,7 +203,9 @@ class ConvMixerSeg(nn.Module):
 
         y = norm("embed_bn")(gelu(PatchEmbed(self.hidden, p, name="embed")(x)))
         for i in range(self.depth):
-            y = y + norm(f"mixer{i}_dw_bn")(gelu(Depthwise(self.kernel_size, self.depthwise_impl, name=f"mixer{i}_dw")(y)))
+            y = y + norm(f"mixer{i}_dw_bn")(
+                gelu(Depthwise(self.kernel_size, self.depthwise_impl, name=f"mixer{i}_dw")(y))
+            )
             z = norm(f"mixer{i}_pw_bn")(gelu(Pointwise(self.hidden, name=f"mixer{i}_pw")(y)))
             y = y + z if self.pointwise_residual else z
 

@@ -54,9 +54,7 @@ def _bwd(res, g):
     grad_x = _shift_sum(g, kernel[::-1, ::-1])
     xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
     rows = [
-        jnp.stack(
-            [jnp.einsum("bhwc,bhwc->c", xp[:, i : i + h, j : j + w, :], g) for j in range(k)]
-        )
+        jnp.stack([jnp.einsum("bhwc,bhwc->c", xp[:, i : i + h, j : j + w, :], g) for j in range(k)])
         for i in range(k)
     ]
     return grad_x, jnp.stack(rows).astype(kernel.dtype)

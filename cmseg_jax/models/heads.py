@@ -11,7 +11,8 @@ Three training methods share one backbone (class index 1 = liver):
   gives the class scores; the CAM is the dense-weighted sum of the hidden maps. The liver CAM is
   min-max normalised per image to [0, 1] and thresholded (``cam.threshold``, default 0.5). With
   ``cam.gate_with_classifier`` (default) slices the classifier calls liver-free get score 0: a
-  min-max normalised CAM always has a maximum of 1, so without a gate every slice would contain liver.
+  min-max normalised CAM always has a maximum of 1, so without a gate every slice would contain
+  liver.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 The 2-D Gaussian is separable, so it is applied as two 1-D depthwise convolutions (one along H, one
 along W) with `lax.conv_general_dilated`: 2·K multiply-adds per pixel instead of K².
 
-Centring of an even kernel. The taps sit at integer offsets ``d = -(K // 2), ..., K - 1 - K // 2`` from
-the output pixel (for K = 50: -25 … +24) with weight ``exp(-d² / 2σ²)``, normalised to sum 1. The
-kernel is therefore centred exactly on the output pixel (no half-pixel shift); an even K simply has
-one more tap on the negative side, whose weight for σ = 7, K = 50 is exp(-625/98) ≈ 0.0017 of the
-centre tap. Borders are zero-padded, as a 'same' convolution would be.
+Centring of an even kernel. The taps sit at integer offsets ``d = -(K // 2), ..., K - 1 - K // 2``
+from the output pixel (for K = 50: -25 … +24) with weight ``exp(-d² / 2σ²)``, normalised to sum 1.
+The kernel is therefore centred exactly on the output pixel (no half-pixel shift); an even K simply
+has one more tap on the negative side, whose weight for σ = 7, K = 50 is exp(-625/98) ≈ 0.0017 of
+the centre tap. Borders are zero-padded, as a 'same' convolution would be.
 """
 
 from __future__ import annotations
