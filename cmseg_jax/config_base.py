@@ -6,7 +6,8 @@ and finish with :func:`apply_variant`. A variant is chosen after a colon on the 
 
 Variants:
   (none)  thesis settings: 512×512, h = 256, depth 20, C_t = 100, σ = 7 with 50 taps.
-  ``cpu`` a CPU-friendly size for the quickstart (128×128, h = 64, depth 4; minutes on 2 cores).
+  ``cpu`` a CPU-friendly size for the quickstart (128×128, h = 64, depth 4, at most 4 epochs;
+          minutes on 2 cores).
   ``tiny`` seconds on a CPU, for tests (32×32, h = 8, depth 1).
 
 Choices the thesis leaves open (stated here so they are visible in every resolved config):
@@ -96,6 +97,7 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
     if arg in (None, "", "thesis"):
         return config
     if arg == "cpu":
+        config.train.epochs = min(config.train.epochs, 4)
         config.data.image_size = 128
         config.data.phantom_volumes = 20
         config.data.phantom_shape = (128, 128, 48)

@@ -21,16 +21,24 @@ from jax import lax
 
 
 def _shift_sum(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """sum_{i,j} pad(x)[:, i:i+H, j:j+W, :] * kernel[i, j]  — (B, H, W, C), kernel (k, k, C)."""
+    """sum_{i,j} pad(x)[:, i:i+H, j:j+W, :] * kernel[i, j]  — (B, H, W, C), kernel (k, k, C).
+
+    A ``lax.scan`` over the k kernel rows with the k columns unrolled inside: k² fused
+    multiply-adds at run time, but only k of them in the program, which keeps compiles short.
+    """
     k = kernel.shape[0]
     p = k // 2
     h, w = x.shape[1:3]
     xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
-    out = None
-    for i in range(k):
+
+    def row(out, i):
+        rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)
+        taps = kernel[i]
         for j in range(k):
-            term = xp[:, i : i + h, j : j + w, :] * kernel[i, j]
-            out = term if out is None else out + term
+            out = out + rows[:, :, j : j + w, :] * taps[j]
+        return out, None
+
+    out, _ = lax.scan(row, jnp.zeros_like(x), jnp.arange(k))
     return out
 
 
@@ -50,14 +58,17 @@ def _bwd(res, g):
     p = k // 2
     h, w = x.shape[1:3]
     # d/dx of a cross-correlation is the correlation of g with the flipped kernel; for odd k the
-    # 'same' padding is symmetric, so this is the same op. (Even k would shift by one: refuse.)
+    # 'same' padding is symmetric, so this is the same op.
     grad_x = _shift_sum(g, kernel[::-1, ::-1])
     xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
-    rows = [
-        jnp.stack([jnp.einsum("bhwc,bhwc->c", xp[:, i : i + h, j : j + w, :], g) for j in range(k)])
-        for i in range(k)
-    ]
-    return grad_x, jnp.stack(rows).astype(kernel.dtype)
+
+    def row(_, i):
+        rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)
+        taps = [jnp.einsum("bhwc,bhwc->c", rows[:, :, j : j + w, :], g) for j in range(k)]
+        return None, jnp.stack(taps)
+
+    _, grad_kernel = lax.scan(row, None, jnp.arange(k))
+    return grad_x, grad_kernel.astype(kernel.dtype)
 
 
 depthwise_shift.defvjp(_fwd, _bwd)

@@ -1,0 +1,143 @@
+"""Seed-steps per second: N seeds vmapped vs the same N seeds one after another vs lax.map.
+
+    python benchmarks/seeds_throughput.py                       # configs/cam_beta.py:cpu, N = 1 2 4 8
+    python benchmarks/seeds_throughput.py --config configs/cam_beta.py --seeds 1 2 4 8 16
+
+All three modes run the same per-seed function (``Trainer.train_steps``: a ``lax.scan`` over
+``--steps`` optimizer steps) on the same device-resident random data, in the same process:
+
+* ``vmap``: ``jit(vmap(train_steps))`` over N seed states — what the sweep does;
+* ``loop``: ``jit(train_steps)`` called N times, one seed after another (compiled once);
+* ``map``: ``jit(lax.map(train_steps))`` over the N seeds (the sweep with ``seed_chunk = 1``).
+
+Each mode is compiled and run once untimed, then timed ``--repeats`` times (median reported).
+Results go to ``benchmarks/results/<device>.json`` and a table in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cmseg_jax.sweep import over_seeds  # noqa: E402
+from cmseg_jax.train import make_train, seed_key  # noqa: E402
+
+
+def load_config(spec: str):
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("bench_config", ROOT / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant or None)
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()`` (which blocks until its result is ready)."""
+    fn()  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/cam_beta.py:cpu")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per timed call")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=["vmap", "loop", "map"])
+    parser.add_argument("--depthwise", default=None, help="override model.depthwise_impl")
+    parser.add_argument("--out", default=None, help="result JSON (default results/<device>.json)")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    if args.depthwise:
+        config.model.depthwise_impl = args.depthwise
+    size, batch = config.data.image_size, config.train.batch_size
+    num_train = batch * args.steps
+    rng = np.random.default_rng(0)
+    masks = (rng.random((num_train, size, size)) < 0.2).astype(np.uint8)
+    split = jax.device_put(
+        {
+            "images": rng.uniform(-1, 1, (num_train, size, size)).astype(np.float32),
+            "masks": masks,
+            "labels": masks.reshape(num_train, -1).max(1).astype(np.int32),
+            "valid": np.ones(num_train, bool),
+        }
+    )
+    weights = jnp.asarray([1.0, 4.0], jnp.float32)
+    trainer = make_train(config, num_train=num_train)
+    steps = functools.partial(trainer.train_steps, length=args.steps)
+    one = jax.jit(steps)
+    vmapped = jax.jit(over_seeds(steps, 0))
+    mapped = jax.jit(over_seeds(steps, 1))
+    init = jax.jit(jax.vmap(trainer.init))
+    epoch, start = jnp.int32(1), jnp.int32(0)
+
+    device = jax.devices()[0]
+    rows = []
+    for n in args.seeds:
+        keys = jnp.stack([seed_key(0, s) for s in range(n)])
+        states = init(keys)
+        singles = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(n)]
+        runs = {
+            "vmap": lambda: jax.block_until_ready(vmapped(states, split, weights, epoch, start)),
+            "loop": lambda: jax.block_until_ready(
+                [one(s, split, weights, epoch, start) for s in singles]
+            ),
+            "map": lambda: jax.block_until_ready(mapped(states, split, weights, epoch, start)),
+        }
+        row = {"num_seeds": n}
+        for mode in args.modes:
+            seconds = timed(runs[mode], args.repeats)
+            row[mode] = n * args.steps / seconds
+        if "vmap" in row and "loop" in row:
+            row["vmap_over_loop"] = row["vmap"] / row["loop"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    record = {
+        "device": f"{device.platform}:{device.device_kind}",
+        "host": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "date": datetime.date.today().isoformat(),
+        "config": args.config,
+        "depthwise_impl": config.model.depthwise_impl,
+        "image_size": size,
+        "batch_size": batch,
+        "hidden": config.model.hidden,
+        "depth": config.model.depth,
+        "steps_per_call": args.steps,
+        "repeats": args.repeats,
+        "unit": "seed-steps/s (median of repeats)",
+        "rows": rows,
+    }
+    name = f"{device.platform}-{device.device_kind}".replace(" ", "_").replace("/", "_")
+    out = pathlib.Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Integrity check of a LiTS-format dataset directory, before a long run finds a bad file.
+
+    python -m cmseg_jax.data.check /data/LiTS [--hu_min -3100,-500] [--hu_max 100,4000]
+
+Every case goes through the training loader (:func:`cmseg_jax.data.lits.find_cases`,
+:func:`cmseg_jax.data.lits.load_case`), so a file that passes here loads in training. Checked:
+
+* every ``volume-N`` has a ``segmentation-N`` (all missing ones are listed, not just the first);
+  a segmentation without its volume, or a second file of the same kind for one case, is reported;
+* both files are readable 3-D images (a trailing singleton 4th dimension is allowed) with the same
+  shape and affine (the loader's tolerance);
+* labels lie in {0, 1, 2}; a segmentation without any liver is a warning;
+* Hounsfield units are finite and plausible: the minimum in ``--hu_min`` (default [-3100, -500])
+  and the maximum in ``--hu_max`` (default [100, 4000]). Why these bounds: CT stores air at about
+  -1000 HU (scanners clip at -1024) and pads outside the reconstruction circle with -2048 or -3024
+  (hence -3100); a scan of the abdomen always contains air, so a minimum above -500 almost always
+  means a missing rescale intercept (raw 0..4095 values) or data already normalised. Bone and
+  contrast exceed 100 HU, so a lower maximum means the same; 12-bit data end at 3071 and an
+  extended-range scan with metal can reach ~30000, so a maximum above 4000 usually means a wrong
+  slope (or metal: widen ``--hu_max`` if the scan really holds it);
+* an oblique affine (slices not exactly axial after reorientation) is a warning.
+
+Reported per case (one line, the file name first, no colon): shape, stored dtype, orientation
+(``nibabel.aff2axcodes`` of the stored axes), in-plane voxel spacing and slice spacing in mm (along
+the canonical RAS+ axes), the HU range and the number of slices with liver. Every problem is one
+line ``<file>: <what is wrong>`` (warnings read ``<file>: warning: ...``). A summary closes the
+report. Exit status 1 when any error was found, else 0 (warnings do not fail the check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import logging
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from cmseg_jax import volume_io
+from cmseg_jax.data import lits
+from cmseg_jax.data.lits import DataError
+
+HU_MIN_RANGE = (-3100.0, -500.0)
+HU_MAX_RANGE = (100.0, 4000.0)
+# Largest deviation of a voxel axis from the nearest world axis before the affine counts as oblique.
+OBLIQUE_DEGREES = 1.0
+
+
+@dataclasses.dataclass
+class CaseReport:
+    """What was found for one case.
+
+    Attributes:
+      case_id: N of volume-N.
+      volume_path: the CT file.
+      seg_path: its segmentation, or None if missing.
+      info: one-line description ('' if the case could not be read).
+      errors: '<file>: <what>' lines.
+      warnings: '<file>: warning: <what>' lines.
+      axcodes: orientation of the stored axes, e.g. 'LPS'.
+      spacing: (3,) mm along the canonical x, y, z axes.
+      shape: stored 3-D shape.
+    """
+
+    case_id: int
+    volume_path: pathlib.Path
+    seg_path: pathlib.Path | None
+    info: str = ""
+    errors: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    axcodes: str = ""
+    spacing: np.ndarray | None = None
+    shape: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclasses.dataclass
+class Layout:
+    """The files of a dataset directory.
+
+    Attributes:
+      cases: [(N, volume_path, segmentation_path or None)] sorted by N.
+      errors: '<file>: <what>' lines (missing segmentations, duplicates, no volumes).
+      warnings: '<file>: warning: <what>' lines (segmentations without a volume).
+    """
+
+    cases: list[tuple[int, pathlib.Path, pathlib.Path | None]]
+    errors: list[str]
+    warnings: list[str]
+
+
+def scan_files(data_dir) -> Layout:
+    """Lists every volume-N under data_dir with its segmentation (or None) and the naming problems.
+
+    :func:`cmseg_jax.data.lits.find_cases` stops at the first volume without a segmentation and
+    only logs orphan segmentations; this lists them all. Same matching rules (``.nii`` or
+    ``.nii.gz``, any subdirectory, hidden paths skipped).
+
+    Returns:
+      The :class:`Layout`.
+    """
+    data_dir = pathlib.Path(data_dir)
+    found: dict[str, dict[int, pathlib.Path]] = {"volume": {}, "segmentation": {}}
+    errors, warnings = [], []
+    for path in sorted(data_dir.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(data_dir).parts):
+            continue
+        m = lits._FILE_RE.match(path.name)
+        if m is None or not path.is_file():
+            continue
+        kind, n = m.group(1), int(m.group(2))
+        if n in found[kind]:
+            errors.append(f"{path}: duplicate {kind} for case {n} (also {found[kind][n]})")
+            continue
+        found[kind][n] = path
+    volumes, segs = found["volume"], found["segmentation"]
+    for n in sorted(set(segs) - set(volumes)):
+        warnings.append(f"{segs[n]}: warning: no matching volume-{n}; ignored by the loader")
+    if not volumes:
+        errors.append(f"{data_dir}: no volume-N.nii or volume-N.nii.gz files found")
+    cases = []
+    for n in sorted(volumes):
+        if n not in segs:
+            errors.append(f"{volumes[n]}: no segmentation-{n}.nii[.gz] for this volume")
+        cases.append((n, volumes[n], segs.get(n)))
+    return Layout(cases, errors, warnings)
+
+
+def _obliquity_degrees(affine: np.ndarray) -> float:
+    """Largest angle between a voxel axis and the world axis it is reoriented to."""
+    rzs = np.asarray(affine, np.float64)[:3, :3]
+    cols = rzs / np.linalg.norm(rzs, axis=0, keepdims=True)
+    cosines = np.max(np.abs(cols), axis=0)
+    return float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+
+
+def check_case(
+    case_id: int,
+    volume_path,
+    seg_path,
+    hu_min_range=HU_MIN_RANGE,
+    hu_max_range=HU_MAX_RANGE,
+) -> CaseReport:
+    """Checks one case through the training loader and the plausibility rules above.
+
+    Args:
+      case_id: N.
+      volume_path: volume-N file.
+      seg_path: segmentation-N file, or None when it is missing (reported by scan_files).
+      hu_min_range: (lo, hi) allowed for the volume's minimum HU.
+      hu_max_range: (lo, hi) allowed for the volume's maximum HU.
+
+    Returns:
+      The :class:`CaseReport`.
+    """
+    volume_path = pathlib.Path(volume_path)
+    report = CaseReport(case_id, volume_path, None if seg_path is None else pathlib.Path(seg_path))
+    if seg_path is None:
+        return report
+    try:
+        hu, labels = lits.load_case(volume_path, seg_path)
+    except DataError as e:
+        report.errors.append(str(e))
+        return report
+    img = nib.load(volume_path)  # header only: load_case has validated it
+    affine = np.asarray(img.affine, np.float64)
+    report.axcodes = "".join(nib.aff2axcodes(affine))
+    spacing = report.spacing = volume_io.canonical_spacing(affine)
+    report.shape = tuple(int(s) for s in img.shape[:3])
+
+    name = volume_path
+    finite = np.isfinite(hu)
+    if not finite.all():
+        report.errors.append(f"{name}: {int(np.count_nonzero(~finite))} non-finite voxel values")
+    lo = float(hu[finite].min()) if finite.any() else float("nan")
+    hi = float(hu[finite].max()) if finite.any() else float("nan")
+    if not hu_min_range[0] <= lo <= hu_min_range[1]:
+        report.errors.append(
+            f"{name}: minimum {lo:g} HU outside [{hu_min_range[0]:g}, {hu_min_range[1]:g}] "
+            "(missing rescale slope/intercept, or not in Hounsfield units?)"
+        )
+    if not hu_max_range[0] <= hi <= hu_max_range[1]:
+        report.errors.append(
+            f"{name}: maximum {hi:g} HU outside [{hu_max_range[0]:g}, {hu_max_range[1]:g}] "
+            "(missing rescale slope/intercept, or not in Hounsfield units?)"
+        )
+    liver_slices = int(np.count_nonzero(np.any(labels > 0, axis=(0, 1))))
+    if liver_slices == 0:
+        report.warnings.append(f"{seg_path}: warning: no liver (labels 1 or 2) in any slice")
+    angle = _obliquity_degrees(affine)
+    if angle > OBLIQUE_DEGREES:
+        report.warnings.append(
+            f"{name}: warning: oblique affine ({angle:.1f} degrees off the nearest axes); slices "
+            "are taken along the closest canonical axis, without resampling"
+        )
+    x, y, z = hu.shape
+    kinds = ",".join(str(v) for v in np.unique(labels))
+    report.info = (
+        f"{volume_path.name}  {'x'.join(map(str, report.shape))} {img.get_data_dtype()}  "
+        f"orientation {report.axcodes}  spacing {spacing[0]:.3g} x {spacing[1]:.3g} mm, "
+        f"slices {spacing[2]:.3g} mm  (canonical {x}x{y}x{z})  HU [{lo:g}, {hi:g}]  "
+        f"labels {{{kinds}}}  liver in {liver_slices}/{z} slices"
+    )
+    return report
+
+
+def _span(values: Sequence[float]) -> str:
+    return f"{min(values):.3g}-{max(values):.3g}" if values else "n/a"
+
+
+def check_directory(
+    data_dir,
+    hu_min_range=HU_MIN_RANGE,
+    hu_max_range=HU_MAX_RANGE,
+    progress: bool = False,
+    out=sys.stdout,
+) -> tuple[Layout, list[CaseReport], str]:
+    """Checks every case under data_dir, printing each line to ``out`` as it is found.
+
+    Args:
+      data_dir: the dataset directory.
+      hu_min_range: (lo, hi) allowed for a volume's minimum HU.
+      hu_max_range: (lo, hi) allowed for a volume's maximum HU.
+      progress: show a tqdm bar over cases (on stderr).
+      out: text stream for the report.
+
+    Returns:
+      (the directory's layout and its problems, one report per volume, the summary text).
+    """
+    data_dir = pathlib.Path(data_dir)
+    if not data_dir.is_dir():
+        layout = Layout([], [f"{data_dir}: not a directory"], [])
+    else:
+        layout = scan_files(data_dir)
+        try:
+            with _silenced(lits.logger):  # it logs the orphans scan_files reports
+                lits.find_cases(data_dir)  # the loader's own verdict on the layout
+        except DataError as e:
+            if str(e) not in layout.errors:
+                layout.errors.insert(0, str(e))
+    for line in layout.errors + layout.warnings:
+        print(line, file=out, flush=True)
+    reports = []
+    for n, vol, seg in tqdm(layout.cases, unit="case", disable=not progress, file=sys.stderr):
+        report = check_case(n, vol, seg, hu_min_range, hu_max_range)
+        for line in ([report.info] if report.info else []) + report.errors + report.warnings:
+            print(line, file=out, flush=True)
+        reports.append(report)
+    summary = summarize(layout, reports)
+    print(summary, file=out, flush=True)
+    return layout, reports, summary
+
+
+def num_errors(layout: Layout, reports: Sequence[CaseReport]) -> int:
+    """Errors found in the layout and in every case."""
+    return len(layout.errors) + sum(len(r.errors) for r in reports)
+
+
+def summarize(layout: Layout, reports: Sequence[CaseReport]) -> str:
+    """The closing lines: counts, orientations, spacings."""
+    warnings = len(layout.warnings) + sum(len(r.warnings) for r in reports)
+    read = [r for r in reports if r.spacing is not None]
+    orient = collections.Counter(r.axcodes for r in read)
+    complete = [r for r in reports if r.seg_path is not None]
+    lines = [
+        f"SUMMARY: {len(reports)} volumes: {sum(r.ok for r in complete)} cases ok, "
+        f"{sum(not r.ok for r in complete)} with errors, {len(reports) - len(complete)} without "
+        f"segmentation; {num_errors(layout, reports)} errors, {warnings} warnings",
+        "orientations: "
+        + (", ".join(f"{k} x{v}" for k, v in orient.most_common()) if orient else "n/a"),
+        f"in-plane spacing {_span([float(s) for r in read for s in r.spacing[:2]])} mm, "
+        f"slice spacing {_span([float(r.spacing[2]) for r in read])} mm, "
+        f"slices per volume {_span([float(r.shape[2]) for r in read])}",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _silenced(logger: logging.Logger):
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"expected LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI (module docstring). Returns 1 if any error was found, else 0."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cmseg_jax.data.check",
+        description="Check a LiTS-format directory (volume-N / segmentation-N NIfTI files).",
+    )
+    parser.add_argument("data_dir")
+    parser.add_argument("--hu_min", type=_range, default=HU_MIN_RANGE, help="LO,HI for min HU")
+    parser.add_argument("--hu_max", type=_range, default=HU_MAX_RANGE, help="LO,HI for max HU")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+    layout, reports, _ = check_directory(
+        args.data_dir, args.hu_min, args.hu_max, progress=args.progress
+    )
+    return 1 if num_errors(layout, reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Model: parameter counts, shapes, and each hand-written op against a reference implementation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from scipy import signal
+
+from cmseg_jax.models import heads
+from cmseg_jax.models.convmixerseg import (
+    ConvMixerSeg,
+    Depthwise,
+    PatchDecode,
+    PatchEmbed,
+    count_params,
+)
+from cmseg_jax.models.depthwise import depthwise_conv
+from cmseg_jax.models.smoothing import gaussian_kernel_1d, gaussian_smooth
+
+
+def _params(model, size=512):
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size)), train=False)
+    )
+    return count_params(variables["params"])
+
+
+def test_thesis_parameter_count():
+    # 13,312 embed + 20 × 87,808 mixer + 1,254,700 decoder + 202 classifier.
+    assert _params(ConvMixerSeg()) == 3_024_374
+
+
+def test_cam_alpha_has_the_same_parameters():
+    # The dense layer of CAM_α takes the place of the 1×1 classifier: 100·2 + 2 either way.
+    assert _params(ConvMixerSeg(head="cam_alpha")) == 3_024_374
+
+
+def test_bilinear_ablation_drops_the_decoder_block():
+    # No transposed conv (1,254,500) and no decoder BN (200); classifier 256·2 + 2.
+    assert _params(ConvMixerSeg(upsample="bilinear")) == 3_024_374 - 1_254_700 - 202 + 514
+
+
+@pytest.mark.parametrize("size", [32, 35, 40])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"head": "cam_alpha"},
+        {"upsample": "bilinear", "smoothing_sigma": 0.0},
+        {"pointwise_residual": False},
+    ],
+)
+def test_output_shapes_cover_the_full_input(size, kwargs):
+    model = ConvMixerSeg(hidden=8, depth=1, transition=4, smoothing_size=5, **kwargs)
+    x = jnp.zeros((3, size, size))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    out = model.apply(variables, x, train=False)
+    assert out["maps"].shape == (3, size, size, 2)
+    assert out["pooled"].shape == (3, 2)
+    scores, masks, image_pred = heads.predict(out, "cam_alpha" if kwargs else "cam_beta")
+    assert scores.shape == masks.shape == (3, size, size)
+    assert image_pred.shape == (3,)
+
+
+def test_gaussian_matches_dense_2d_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 40, 37, 3)).astype(np.float32)
+    for sigma, size in [(7.0, 50), (1.75, 12), (2.0, 7)]:
+        taps = gaussian_kernel_1d(sigma, size).astype(np.float64)
+        k2 = np.outer(taps, taps)
+        got = np.asarray(gaussian_smooth(jnp.asarray(x), sigma, size))
+        c = size // 2
+        for b in range(2):
+            for ch in range(3):
+                # Output pixel i sums x[i + d] k[d + c]: a correlation whose kernel origin is tap c.
+                full = signal.correlate2d(x[b, :, :, ch].astype(np.float64), k2, mode="full")
+                ref = full[size - 1 - c : size - 1 - c + 40, size - 1 - c : size - 1 - c + 37]
+                np.testing.assert_allclose(got[b, :, :, ch], ref, atol=1e-5)
+
+
+def test_gaussian_kernel_is_centred_and_normalised():
+    taps = gaussian_kernel_1d(7.0, 50)
+    assert taps.shape == (50,)
+    np.testing.assert_allclose(taps.sum(), 1.0, rtol=1e-6)
+    assert np.argmax(taps) == 25  # offset 0 sits at index K // 2
+    np.testing.assert_allclose(taps[25 - 24 : 25], taps[25 + 24 : 25 : -1], rtol=1e-6)
+
+
+def test_gaussian_preserves_a_constant_away_from_the_border():
+    x = jnp.ones((1, 64, 64, 2))
+    y = gaussian_smooth(x, 2.0, 13)
+    np.testing.assert_allclose(np.asarray(y[0, 10:-10, 10:-10]), 1.0, rtol=1e-5)
+
+
+def test_depthwise_shift_equals_conv_forward_and_gradients():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 11, 13, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(9, 9, 5)), jnp.float32)
+
+    def loss(impl):
+        return lambda x, w: jnp.sum(jnp.sin(depthwise_conv(x, w, impl)))
+
+    np.testing.assert_allclose(
+        depthwise_conv(x, w, "shift"), depthwise_conv(x, w, "conv"), rtol=1e-4, atol=1e-4
+    )
+    g_shift = jax.grad(loss("shift"), argnums=(0, 1))(x, w)
+    g_conv = jax.grad(loss("conv"), argnums=(0, 1))(x, w)
+    for a, b in zip(g_shift, g_conv, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    # Vmapped over seeds (weights batched too), both stay equal.
+    xs, ws = jnp.stack([x, 2 * x]), jnp.stack([w, -w])
+    np.testing.assert_allclose(
+        jax.vmap(lambda a, b: depthwise_conv(a, b, "shift"))(xs, ws),
+        jax.vmap(lambda a, b: depthwise_conv(a, b, "conv"))(xs, ws),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_patch_embed_equals_strided_conv():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 21, 14, 3)), jnp.float32)
+    module = PatchEmbed(features=6, patch_size=7)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+    ref = lax.conv_general_dilated(
+        x, kernel, (7, 7), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(module.apply(variables, x), ref + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_decode_equals_transposed_conv():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 3, 2, 4)), jnp.float32)
+    module = PatchDecode(features=5, patch_size=7)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]  # (C, p, p, F)
+    # Reference: a naive scatter of every input pixel's p×p×F block.
+    got = np.asarray(module.apply(variables, x))
+    ref = np.zeros((2, 21, 14, 5), np.float32)
+    for i in range(3):
+        for j in range(2):
+            block = np.einsum("bc,cpqd->bpqd", np.asarray(x[:, i, j]), np.asarray(kernel))
+            ref[:, 7 * i : 7 * i + 7, 7 * j : 7 * j + 7] = block
+    np.testing.assert_allclose(got, ref + np.asarray(bias), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_module_initialises_like_pytorch():
+    module = Depthwise(kernel_size=9)
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 256)))
+    kernel = np.asarray(variables["params"]["kernel"])
+    assert kernel.shape == (9, 9, 256)
+    assert np.abs(kernel).max() <= 1 / 9 + 1e-7  # U(±1/sqrt(fan_in)), fan_in = 81
+    assert np.abs(kernel).max() > 0.9 / 9

@@ -1,0 +1,204 @@
+"""The sweep through its real CLI: every config end to end, seed equivalence, resume, dry run."""
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmseg_jax.checkpoint import Checkpointer
+from cmseg_jax.results import RESULT_METRICS
+from cmseg_jax.sweep import _call_lengths, over_seeds, resolve_seeds
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+
+
+def run_cli(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmseg_jax.sweep", *args, "--progress=false"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=900,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_results(workdir):
+    with open(pathlib.Path(workdir) / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_all_seven_thesis_configs_exist():
+    assert CONFIGS == sorted(
+        [
+            "full_ce",
+            "cam_beta",
+            "cam_alpha",
+            "ablation_no_gs",
+            "ablation_no_gs_bilinear",
+            "ablation_no_res",
+            "ablation_no_aug",
+        ]
+    )
+
+
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c not in ("full_ce", "cam_beta")])
+def test_tiny_sweep_end_to_end(name, tmp_path):
+    proc = run_cli(f"--config=configs/{name}.py:tiny", "--num_seeds=2", f"--workdir={tmp_path}")
+    _check_outputs(tmp_path, seeds=[0, 1], epochs=2)
+    assert "SYNTHETIC embedded CT phantom" in proc.stderr  # the data used is said loudly
+    assert "| MCC |" in proc.stdout
+
+
+def _check_outputs(workdir, seeds, epochs):
+    workdir = pathlib.Path(workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["seeds"] == seeds
+    rows = read_results(workdir)
+    assert len(rows) == len(seeds) * 3 * len(RESULT_METRICS)
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert {r["metric"] for r in rows} == set(RESULT_METRICS)
+    values = np.array([float(r["value"]) for r in rows])
+    assert np.all(np.isfinite(values)) and np.all(values >= -1) and np.all(values <= 1)
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == epochs * len(seeds) * 3
+    assert [x["epoch"] for x in lines[:: 3 * len(seeds)]] == list(range(1, epochs + 1))
+    stats = np.load(workdir / "final_stats.npz")
+    assert stats["confusion"].shape == (len(seeds), 3, 4)
+    # Every pixel of every split lands in exactly one histogram bin.
+    np.testing.assert_array_equal(
+        stats["hist_liver"].sum(-1) + stats["hist_background"].sum(-1), stats["confusion"].sum(-1)
+    )
+    examples = np.load(workdir / "examples.npz")
+    assert examples["scores"].shape[0] == 3
+    run = json.loads((workdir / "run.json").read_text())
+    assert run["epochs_completed"] == epochs
+    summary = (workdir / "summary.md").read_text()
+    assert "± " in summary and "| Testing |" in summary
+    assert Checkpointer(workdir).latest_epoch() == epochs
+
+
+@pytest.fixture(scope="module")
+def full_three_seeds(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full3")
+    run_cli("--config=configs/full_ce.py:tiny", "--num_seeds=3", f"--workdir={workdir}")
+    return workdir
+
+
+def test_full_ce_end_to_end(full_three_seeds):
+    _check_outputs(full_three_seeds, seeds=[0, 1, 2], epochs=2)
+
+
+def test_seed_of_a_sweep_equals_the_seed_alone(full_three_seeds, tmp_path):
+    run_cli("--config=configs/full_ce.py:tiny", "--seeds=1", f"--workdir={tmp_path}")
+    alone = [r for r in read_results(tmp_path)]
+    in_sweep = [r for r in read_results(full_three_seeds) if r["seed"] == "1"]
+    assert alone == in_sweep  # to the last printed digit
+    a = np.load(tmp_path / "final_stats.npz")
+    b = np.load(full_three_seeds / "final_stats.npz")
+    np.testing.assert_array_equal(a["confusion"][0], b["confusion"][1])
+    np.testing.assert_array_equal(a["hist_liver"][0], b["hist_liver"][1])
+
+
+def test_seed_chunks_equal_one_vmap(full_three_seeds, tmp_path):
+    # 3 seeds in chunks of 2 (padded to 4, lax.map over chunks) give the same numbers.
+    run_cli(
+        "--config=configs/full_ce.py:tiny",
+        "--num_seeds=3",
+        f"--workdir={tmp_path}",
+        "--config.train.seed_chunk=2",
+        "--config.train.steps_per_call=3",
+    )
+    got = {(r["seed"], r["split"], r["metric"]): float(r["value"]) for r in read_results(tmp_path)}
+    ref = {
+        (r["seed"], r["split"], r["metric"]): float(r["value"])
+        for r in read_results(full_three_seeds)
+    }
+    assert got.keys() == ref.keys()
+    np.testing.assert_allclose(list(got.values()), list(ref.values()), atol=1e-4)
+
+
+def test_resume_after_a_kill_gives_identical_results(tmp_path):
+    done = tmp_path / "done"
+    args = ["--config=configs/cam_beta.py:tiny", "--num_seeds=2"]
+    run_cli(*args, f"--workdir={done}")
+    _check_outputs(done, seeds=[0, 1], epochs=2)
+    # Simulate a kill after epoch 1 was checkpointed and epoch 2 was half logged.
+    killed = tmp_path / "killed"
+    shutil.copytree(done, killed)
+    shutil.rmtree(killed / "checkpoints" / "2")
+    for name in ("results.csv", "summary.md", "final_stats.npz", "run.json", "examples.npz"):
+        (killed / name).unlink()
+    proc = run_cli(*args, f"--workdir={killed}")
+    assert "RESUME" in proc.stderr and "after epoch 1" in proc.stderr
+    assert read_results(killed) == read_results(done)
+    assert (killed / "metrics.jsonl").read_text() == (done / "metrics.jsonl").read_text()
+    # A finished workdir re-run does not train again and reproduces its results.
+    again = run_cli(*args, f"--workdir={done}")
+    assert "after epoch 2" in again.stderr
+    assert read_results(done) == read_results(killed)
+
+
+def test_workdir_refuses_a_different_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"seeds": [0], "name": "other"}))
+    proc = run_cli(
+        "--config=configs/cam_beta.py:tiny", "--num_seeds=1", f"--workdir={tmp_path}", check=False
+    )
+    assert proc.returncode != 0
+    assert "different settings" in proc.stderr
+
+
+def test_dry_run_prints_the_thesis_parameter_count():
+    proc = run_cli("--config=configs/cam_beta.py", "--dry_run")
+    assert "params: 3024374" in proc.stdout.splitlines()
+    assert "flops_per_seed_step:" in proc.stdout
+    assert "estimated_device_bytes:" in proc.stdout
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray([3, 3], jnp.int32)}
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(1, state)
+    ckpt.save(2, jax.tree_util.tree_map(lambda x: x + 1, state))
+    assert ckpt.latest_epoch() == 2
+    restored = ckpt.restore(1, state)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ckpt.close()
+
+
+def test_resolve_seeds():
+    assert resolve_seeds(None, "3,7", 8) == [3, 7]
+    assert resolve_seeds(4, None, 8) == [0, 1, 2, 3]
+    assert resolve_seeds(None, None, 2) == [0, 1]
+    for bad in ("3,3", "a", "-1"):
+        with pytest.raises(ValueError):
+            resolve_seeds(None, bad, 8)
+    with pytest.raises(ValueError):
+        resolve_seeds(2, "1", 8)
+
+
+def test_over_seeds_chunks_equal_vmap():
+    fn = lambda s, k: {"y": s["x"] * k + jnp.sum(s["x"])}  # noqa: E731
+    states = {"x": jnp.arange(12.0).reshape(6, 2)}
+    ref = over_seeds(fn, 0)(states, 3.0)
+    for chunk in (1, 2, 3):
+        np.testing.assert_array_equal(over_seeds(fn, chunk)(states, 3.0)["y"], ref["y"])
+
+
+def test_call_lengths_cover_the_epoch():
+    assert _call_lengths(10, 0) == [10]
+    assert _call_lengths(10, 4) == [4, 4, 2]
+    assert sum(_call_lengths(97, 8)) == 97
