@@ -1,6 +1,6 @@
 """Seed-steps per second: N seeds vmapped vs the same N seeds one after another vs lax.map.
 
-    python benchmarks/seeds_throughput.py                       # configs/cam_beta.py:cpu, N = 1 2 4 8
+    python benchmarks/seeds_throughput.py          # configs/cam_beta.py:cpu, N = 1 2 4 8
     python benchmarks/seeds_throughput.py --config configs/cam_beta.py --seeds 1 2 4 8 16
 
 All three modes run the same per-seed function (``Trainer.train_steps``: a ``lax.scan`` over
@@ -100,11 +100,15 @@ def main() -> None:
         states = init(keys)
         singles = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(n)]
         runs = {
-            "vmap": lambda: jax.block_until_ready(vmapped(states, split, weights, epoch, start)),
-            "loop": lambda: jax.block_until_ready(
-                [one(s, split, weights, epoch, start) for s in singles]
+            "vmap": lambda st=states: jax.block_until_ready(
+                vmapped(st, split, weights, epoch, start)
             ),
-            "map": lambda: jax.block_until_ready(mapped(states, split, weights, epoch, start)),
+            "loop": lambda ss=singles: jax.block_until_ready(
+                [one(s, split, weights, epoch, start) for s in ss]
+            ),
+            "map": lambda st=states: jax.block_until_ready(
+                mapped(st, split, weights, epoch, start)
+            ),
         }
         row = {"num_seeds": n}
         for mode in args.modes:

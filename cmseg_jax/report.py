@@ -11,6 +11,15 @@ Reads workdirs in the format of ``docs/workdir.md``, finished or not, and always
 ``thresholds.csv``, ``curves.csv``, ``comparisons.csv``); ``--format json`` writes all of it as
 ``report.json`` (NaN written as ``null``).
 
+Evaluation variants: besides the model as trained (variant ``default``: ``results.csv``,
+``final_stats.npz``), a sweep may write extra final evaluations of the same trained parameters
+with a file suffix (see :data:`VARIANTS`); today ``no_smoothing`` (``results_no_smoothing.csv``,
+``final_stats_no_smoothing.npz``: evaluated with the Gaussian smoothing layer removed at test
+time, trained with it). Each variant a run has gets its own thesis table and fair-threshold
+section, and its own rows in ``summary.csv``, ``seeds.csv`` and ``thresholds.csv`` (column
+``variant``) and entry under ``runs.<name>.variants`` in ``report.json``. Learning curves,
+figures and comparisons are of the ``default`` variant only.
+
 Per run:
 
 * the thesis table: rows Acc/MCC/IoU/Dice/Prec/Rec and Cls-*, columns Training/Validation/Testing,
@@ -25,7 +34,8 @@ Per run:
 * threshold-free and fair-threshold evaluation (Choe et al., CVPR 2020) from ``final_stats.npz``:
   PxAP per seed and split, and the metrics at a threshold chosen per seed on the *validation*
   histograms only (maximising ``--threshold_metric``), applied unchanged to the test split, next
-  to the metrics at the model's own (fixed) threshold.
+  to the metrics at the model's own (fixed) threshold;
+* the thesis table and the threshold evaluation again for every extra evaluation variant present.
 
 Across runs (the first RUN_DIR is the baseline): for each metric and split, Mood's median test,
 Welch's t-test, Anderson-Darling normality per group and which median is higher
@@ -69,6 +79,14 @@ CURVE_METRICS = metrics.METRIC_NAMES + ("cls_mcc", "loss")
 # The compact ablation table shows these (thesis table 8.7 has Cls-MCC and MCC).
 ABLATION_METRICS = ("cls_mcc", "mcc", "iou", "dice", "precision", "recall")
 FORMATS = ("md", "csv", "json")
+# Evaluation variants: name -> suffix of its ``results{suffix}.csv`` / ``final_stats{suffix}.npz``.
+# ``default`` is the model as trained; the others are extra final evaluations of the same trained
+# parameters, written by the sweep only when configured (docs/workdir.md).
+VARIANTS = {"default": "", "no_smoothing": "_no_smoothing"}
+VARIANT_TITLES = {
+    "default": "as trained",
+    "no_smoothing": "evaluated without Gaussian smoothing (trained with it)",
+}
 
 
 def metric_title(metric: str) -> str:
@@ -99,6 +117,11 @@ class Run:
         final_stats: arrays of ``final_stats.npz`` or None.
         examples: arrays of ``examples.npz`` or None.
         notes: things the reader should know (missing files, skipped lines, ...).
+        variant: which evaluation ``values`` and ``final_stats`` are of (a key of
+            :data:`VARIANTS`).
+        variants: the run's extra evaluation variants present in the workdir, name -> a
+            :class:`Run` that shares everything but ``values``, ``source``, ``final_stats``,
+            ``notes`` and ``variant`` (and has no ``variants`` of its own).
     """
 
     name: str
@@ -112,6 +135,8 @@ class Run:
     final_stats: dict[str, np.ndarray] | None
     examples: dict[str, np.ndarray] | None
     notes: list[str]
+    variant: str = "default"
+    variants: dict[str, Run] = dataclasses.field(default_factory=dict)
 
     @property
     def ok_mask(self) -> np.ndarray:
@@ -205,7 +230,9 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
         name: label for the report; defaults to the directory name.
 
     Returns:
-        A :class:`Run`.
+        A :class:`Run` of the ``default`` variant; extra evaluation variants found in the workdir
+        (``results{suffix}.csv`` / ``final_stats{suffix}.npz``, see :data:`VARIANTS`) are in its
+        ``variants``.
 
     Raises:
         FileNotFoundError: neither ``results.csv`` nor a usable ``metrics.jsonl`` exists.
@@ -248,26 +275,11 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
         if seed not in seeds:
             seeds.append(seed)
 
-    present = {m for by_split in per_seed.values() for row in by_split.values() for m in row}
-    metric_names = [m for m in RESULT_METRICS if m in present]
-    values = {
-        split: {
-            m: np.array([per_seed.get(s, {}).get(split, {}).get(m, math.nan) for s in seeds])
-            for m in metric_names
-        }
-        for split in SPLITS
-    }
     bad_seeds = sorted(diverged & set(seeds))
-    for split in SPLITS:
-        for m in metric_names:
-            values[split][m][np.isin(seeds, bad_seeds)] = np.nan
-    missing = [s for s in seeds if s not in per_seed]
-    if missing:
-        notes.append(f"seeds without any result: {missing}")
-
+    values = _values_array(per_seed, seeds, bad_seeds, notes)
     final_stats = _load_npz(workdir / "final_stats.npz", notes)
     examples = _load_npz(workdir / "examples.npz", notes)
-    return Run(
+    run = Run(
         name=name or workdir.name,
         workdir=workdir,
         seeds=seeds,
@@ -279,6 +291,65 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
         final_stats=final_stats,
         examples=examples,
         notes=notes,
+    )
+    for variant, suffix in VARIANTS.items():
+        if suffix:
+            extra = _load_variant(run, variant, suffix)
+            if extra is not None:
+                run.variants[variant] = extra
+    return run
+
+
+def _values_array(
+    per_seed: dict[int, dict[str, dict[str, float]]],
+    seeds: Sequence[int],
+    bad_seeds: Sequence[int],
+    notes: list[str],
+) -> dict[str, dict[str, np.ndarray]]:
+    """seed -> split -> metric -> value as split -> metric -> ``(S,)`` in ``seeds`` order.
+
+    Diverged seeds' values become NaN; seeds absent from ``per_seed`` are NaN and noted.
+    """
+    present = {m for by_split in per_seed.values() for row in by_split.values() for m in row}
+    metric_names = [m for m in RESULT_METRICS if m in present]
+    bad = np.isin(seeds, bad_seeds)
+    values = {}
+    for split in SPLITS:
+        values[split] = {}
+        for m in metric_names:
+            v = np.array([per_seed.get(s, {}).get(split, {}).get(m, math.nan) for s in seeds])
+            values[split][m] = np.where(bad, np.nan, v)
+    missing = [s for s in seeds if s not in per_seed]
+    if missing:
+        notes.append(f"seeds without any result: {missing}")
+    return values
+
+
+def _load_variant(run: Run, variant: str, suffix: str) -> Run | None:
+    """The extra evaluation ``variant`` of ``run`` from ``results{suffix}.csv`` and
+    ``final_stats{suffix}.npz``; None when the workdir has neither (a note on ``run`` when it has
+    only the npz: the sweep was interrupted between writing the two)."""
+    results_path = run.workdir / f"results{suffix}.csv"
+    stats_path = run.workdir / f"final_stats{suffix}.npz"
+    if not results_path.exists():
+        if stats_path.exists():
+            run.notes.append(
+                f"{stats_path.name} without {results_path.name}: {variant} not reported"
+            )
+        return None
+    notes: list[str] = []
+    per_seed = read_results_csv(results_path)
+    unknown = sorted(set(per_seed) - set(run.seeds))
+    if unknown:
+        notes.append(f"{results_path.name}: ignored seeds not in the run: {unknown}")
+    return dataclasses.replace(
+        run,
+        values=_values_array(per_seed, run.seeds, run.diverged, notes),
+        source=f"{results_path.name} (final)",
+        final_stats=_load_npz(stats_path, notes),
+        notes=notes,
+        variant=variant,
+        variants={},
     )
 
 
@@ -775,23 +846,28 @@ def _csv_files(report: dict) -> dict[str, str]:
     summary, seeds, thresholds, curves = [], [], [], []
     for name, run in report["runs"].items():
         diverged = set(run["diverged"])
-        for split, by_metric in run["summary"].items():
-            for m, s in by_metric.items():
-                summary.append(
-                    [name, split, m, s["mean"], s["std"], s["median"], s["n"], s["n_nan"]]
-                )
-        for split, by_metric in run["values"].items():
-            for m, vals in by_metric.items():
-                for seed, v in zip(run["seeds"], vals, strict=True):
-                    seeds.append([name, seed, split, m, v, seed in diverged])
-        fair = run.get("fair_threshold")
-        if fair:
-            for i, seed in enumerate(fair["seeds"]):
-                for j, split in enumerate(fair["splits"]):
-                    row = [name, seed, split, fair["threshold"][i], fair["pxap"][i][j]]
-                    row += [fair["fixed"][m][i][j] for m in metrics.METRIC_NAMES]
-                    row += [fair["chosen"][m][i][j] for m in metrics.METRIC_NAMES]
-                    thresholds.append(row)
+        # The run's own entry is the default variant; extra variants have the same keys.
+        for content in (run, *run["variants"].values()):
+            variant = content["variant"]
+            for split, by_metric in content["summary"].items():
+                for m, s in by_metric.items():
+                    summary.append(
+                        [name, variant, split, m, s["mean"], s["std"], s["median"]]
+                        + [s["n"], s["n_nan"]]
+                    )
+            for split, by_metric in content["values"].items():
+                for m, vals in by_metric.items():
+                    for seed, v in zip(run["seeds"], vals, strict=True):
+                        seeds.append([name, variant, seed, split, m, v, seed in diverged])
+            fair = content.get("fair_threshold")
+            if fair:
+                for i, seed in enumerate(fair["seeds"]):
+                    for j, split in enumerate(fair["splits"]):
+                        row = [name, variant, seed, split, fair["threshold"][i]]
+                        row += [fair["pxap"][i][j]]
+                        row += [fair["fixed"][m][i][j] for m in metrics.METRIC_NAMES]
+                        row += [fair["chosen"][m][i][j] for m in metrics.METRIC_NAMES]
+                        thresholds.append(row)
         for m, by_split in run["curves"].items():
             for split, c in by_split.items():
                 for k, epoch in enumerate(c["epoch"]):
@@ -805,11 +881,13 @@ def _csv_files(report: dict) -> dict[str, str]:
     ]
     return {
         "summary.csv": _csv_text(
-            ["run", "split", "metric", "mean", "std", "median", "n", "n_nan"], summary
+            ["run", "variant", "split", "metric", "mean", "std", "median", "n", "n_nan"], summary
         ),
-        "seeds.csv": _csv_text(["run", "seed", "split", "metric", "value", "diverged"], seeds),
+        "seeds.csv": _csv_text(
+            ["run", "variant", "seed", "split", "metric", "value", "diverged"], seeds
+        ),
         "thresholds.csv": _csv_text(
-            ["run", "seed", "split", "val_threshold", "pxap"]
+            ["run", "variant", "seed", "split", "val_threshold", "pxap"]
             + [f"{m}_fixed" for m in metrics.METRIC_NAMES]
             + [f"{m}_val_threshold" for m in metrics.METRIC_NAMES],
             thresholds,
@@ -828,6 +906,23 @@ def _csv_files(report: dict) -> dict[str, str]:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
+
+
+def _variant_content(run: Run, threshold_metric: str) -> dict:
+    """The per-variant part of a run's report entry (an extra evaluation variant's
+    ``report.json`` entry under ``runs.<name>.variants``)."""
+    fair = None
+    if run.final_stats is not None:
+        fair = fair_threshold_evaluation(run.final_stats, threshold_metric, run.diverged)
+    return {
+        "variant": run.variant,
+        "title": VARIANT_TITLES[run.variant],
+        "source": run.source,
+        "notes": run.notes,
+        "values": run.values,
+        "summary": summary_table(run),
+        "fair_threshold": fair,
+    }
 
 
 def build_report(
@@ -868,6 +963,7 @@ def build_report(
         fair = None
         if run.final_stats is not None:
             fair = fair_threshold_evaluation(run.final_stats, threshold_metric, run.diverged)
+        variants = {v: _variant_content(r, threshold_metric) for v, r in run.variants.items()}
         figures = {}
         for kind, plot in (
             ("mcc_hist", lambda p, r=run: plot_mcc_histogram(r, p)),
@@ -892,6 +988,10 @@ def build_report(
         )
         md += [f"- note: {n}" for n in run.notes]
         md += ["", "### Results", "", thesis_table_markdown(run, summary)]
+        for v, content in variants.items():
+            notes = [f"- note: {n}" for n in content["notes"]]
+            md += ["", f"### Results, {VARIANT_TITLES[v]}", "", *notes, *([""] if notes else [])]
+            md.append(thesis_table_markdown(run.variants[v], content["summary"]))
         if "mcc_hist" in figures:
             md += ["", "### MCC per seed", "", f"![MCC histogram]({figures['mcc_hist']})"]
         if "curves" in figures:
@@ -912,6 +1012,14 @@ def build_report(
                 "",
                 fair_threshold_markdown(fair, run.diverged),
             ]
+        for v, content in variants.items():
+            if content["fair_threshold"] is not None:
+                md += [
+                    "",
+                    f"### Threshold-free and fair-threshold evaluation, {VARIANT_TITLES[v]}",
+                    "",
+                    fair_threshold_markdown(content["fair_threshold"], run.diverged),
+                ]
         report["runs"][run.name] = {
             "workdir": str(run.workdir),
             "seeds": run.seeds,
@@ -924,6 +1032,8 @@ def build_report(
             "curves": curves,
             "fair_threshold": fair,
             "figures": figures,
+            "variant": run.variant,
+            "variants": variants,
         }
 
     if len(runs) > 1:

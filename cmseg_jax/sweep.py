@@ -95,6 +95,11 @@ class SweepFns:
         }
         self.evaluate = jax.jit(over_seeds(trainer.evaluate, chunk))
         self.evaluate_final = jax.jit(over_seeds(trainer.evaluate_final, chunk))
+        self.evaluate_final_no_smoothing = (
+            jax.jit(over_seeds(trainer.evaluate_final_no_smoothing, chunk))
+            if trainer.evaluate_final_no_smoothing is not None
+            else None
+        )
         self.predict = jax.jit(trainer.predict)
 
 
@@ -290,29 +295,44 @@ def _evaluate(evaluate, states, data, class_weights, num) -> dict:
     return jax.tree_util.tree_map(lambda x: x[:num], _host(evals))
 
 
-def _finish(config, workdir, seeds, states, data, class_weights, fns, data_description) -> dict:
-    num = len(seeds)
-    evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
-    diverged = np.asarray(states.diverged)[:num]
+def _write_final(config, workdir, suffix, seeds, evals, diverged) -> dict:
+    """final_stats{suffix}.npz and results{suffix}.csv from final evaluation sums; the table."""
     confusion = np.stack([np.asarray(evals[s]["confusion"], np.int64) for s in SPLITS], axis=1)
     cls_confusion = np.stack(
         [np.asarray(evals[s]["cls_confusion"], np.int64) for s in SPLITS], axis=1
     )
     hists = np.stack([np.asarray(evals[s]["histograms"], np.int64) for s in SPLITS], axis=1)
-    bins = config.eval.score_bins
     io_utils.write_npz(
-        workdir / "final_stats.npz",
+        workdir / f"final_stats{suffix}.npz",
         seeds=np.asarray(seeds, np.int64),
         splits=np.asarray(SPLITS),
         confusion=confusion,
         cls_confusion=cls_confusion,
         hist_liver=hists[:, :, 0],
         hist_background=hists[:, :, 1],
-        bin_edges=np.linspace(0.0, 1.0, bins + 1),
+        bin_edges=np.linspace(0.0, 1.0, config.eval.score_bins + 1),
     )
     table = results.final_table(seeds, confusion, cls_confusion, diverged)
-    io_utils.write_text(workdir / "results.csv", results.results_csv(seeds, table))
+    io_utils.write_text(workdir / f"results{suffix}.csv", results.results_csv(seeds, table))
+    return table
+
+
+def _finish(config, workdir, seeds, states, data, class_weights, fns, data_description) -> dict:
+    num = len(seeds)
+    diverged = np.asarray(states.diverged)[:num]
+    evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
+    table = _write_final(config, workdir, "", seeds, evals, diverged)
     summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
+    if fns.evaluate_final_no_smoothing is not None:
+        evals = _evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
+        table_ns = _write_final(config, workdir, "_no_smoothing", seeds, evals, diverged)
+        summary += "\n" + results.summary_markdown(
+            f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
+            seeds,
+            table_ns,
+            diverged,
+            data_description,
+        )
     io_utils.write_text(workdir / "summary.md", summary)
     _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
     device = jax.devices()[0]

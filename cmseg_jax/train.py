@@ -64,8 +64,10 @@ def seed_key(root_seed: int, seed: int) -> jnp.ndarray:
     return jax.random.fold_in(jax.random.PRNGKey(root_seed), seed)
 
 
-def build_model(config: ml_collections.ConfigDict) -> ConvMixerSeg:
+def build_model(config: ml_collections.ConfigDict, smoothing: bool | None = None) -> ConvMixerSeg:
+    """The config's network; ``smoothing`` overrides ``model.smoothing`` (it has no parameters)."""
     m = config.model
+    smoothing = m.smoothing if smoothing is None else smoothing
     return ConvMixerSeg(
         num_classes=m.num_classes,
         hidden=m.hidden,
@@ -75,7 +77,7 @@ def build_model(config: ml_collections.ConfigDict) -> ConvMixerSeg:
         transition=m.transition,
         upsample=m.upsample,
         pointwise_residual=m.pointwise_residual,
-        smoothing_sigma=m.smoothing_sigma if m.smoothing else 0.0,
+        smoothing_sigma=m.smoothing_sigma if smoothing else 0.0,
         smoothing_size=m.smoothing_size,
         head="cam_alpha" if config.method == "cam_alpha" else "seg",
         bn_momentum=m.bn_momentum,
@@ -134,6 +136,8 @@ class Trainer:
         (a ``functools.partial``-bound static length); splits an epoch for a finer progress bar.
       evaluate: (state, split, class_weights) -> sufficient statistics (sums over the split).
       evaluate_final: as ``evaluate`` plus liver-score histograms.
+      evaluate_final_no_smoothing: ``evaluate_final`` with the Gaussian smoothing removed at test
+        time (trained with it); None unless ``eval.without_smoothing`` and the model smooths.
       predict: (state, images (B, S, S)) -> liver scores (B, S, S).
       train: (key, data) -> (state, per-epoch statistics); the whole run as one pure function.
       steps_per_epoch: number of optimizer steps per epoch.
@@ -144,6 +148,7 @@ class Trainer:
     train_steps: Callable
     evaluate: Callable
     evaluate_final: Callable
+    evaluate_final_no_smoothing: Callable | None
     predict: Callable
     train: Callable
     steps_per_epoch: int
@@ -238,12 +243,12 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
     def train_epoch(state, split, class_weights, epoch):
         return train_steps(state, split, class_weights, epoch, 0, length=steps_per_epoch)
 
-    def apply_eval(state, images):
-        return model.apply(
+    def apply_eval(state, images, net=model):
+        return net.apply(
             {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
         )
 
-    def make_evaluate(with_histograms: bool):
+    def make_evaluate(with_histograms: bool, net=model):
         def evaluate(state, split, class_weights):
             n = split["images"].shape[0]
             if n % eval_batch:
@@ -255,7 +260,7 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
                 )
                 images, masks = sl(split["images"]), sl(split["masks"])
                 labels, valid = sl(split["labels"]), sl(split["valid"])
-                outputs = apply_eval(state, images)
+                outputs = apply_eval(state, images, net)
                 scores, pred, image_pred = heads.predict(outputs, method, threshold, gate)
                 if method == "full":
                     num, den = segmentation_loss(outputs["maps"], masks, class_weights, valid)
@@ -312,6 +317,11 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
         train_steps=train_steps,
         evaluate=evaluate,
         evaluate_final=make_evaluate(True),
+        evaluate_final_no_smoothing=(
+            make_evaluate(True, build_model(config, smoothing=False))
+            if config.eval.without_smoothing and config.model.smoothing
+            else None
+        ),
         predict=predict,
         train=train,
         steps_per_epoch=steps_per_epoch,

@@ -43,6 +43,50 @@ def _conf(pred, target):
     ]
 
 
+def _write_final(path, suffix, seeds, quality, diverged, rng):
+    """final_stats{suffix}.npz and results{suffix}.csv as the sweep writes them.
+
+    Returns the raw test scores per seed and the confusion counts (S, 3, 4).
+    """
+    test_scores = {}
+    confusion = np.zeros((len(seeds), 3, 4), np.int64)
+    cls_confusion = np.zeros((len(seeds), 3, 4), np.int64)
+    hist_liver = np.zeros((len(seeds), 3, BINS), np.int64)
+    hist_background = np.zeros((len(seeds), 3, BINS), np.int64)
+    for i, s in enumerate(seeds):
+        for j, split in enumerate(SPLITS):
+            scores, target = _scores(rng, quality[s], PIXELS)
+            if split == "test":
+                test_scores[s] = (scores, target)
+            confusion[i, j] = _conf(scores >= 0.5, target)
+            cls_target = rng.random(40) < 0.5
+            cls_pred = np.where(rng.random(40) < 0.5 + quality[s] / 2, cls_target, ~cls_target)
+            cls_confusion[i, j] = _conf(cls_pred, cls_target)
+            hist_liver[i, j] = _hist(scores, target)
+            hist_background[i, j] = _hist(scores, ~target)
+    np.savez_compressed(
+        path / f"final_stats{suffix}.npz",
+        seeds=np.asarray(seeds, np.int64),
+        splits=np.asarray(SPLITS),
+        confusion=confusion,
+        cls_confusion=cls_confusion,
+        hist_liver=hist_liver,
+        hist_background=hist_background,
+        bin_edges=np.linspace(0, 1, BINS + 1),
+    )
+    with open(path / f"results{suffix}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed", "split", "metric", "value"])
+        for i, s in enumerate(seeds):
+            for j, split in enumerate(SPLITS):
+                seg = metrics.metrics_from_confusion(confusion[i, j])
+                cls = metrics.metrics_from_confusion(cls_confusion[i, j])
+                for m in CSV_METRICS:
+                    v = cls[m[4:]] if m.startswith("cls_") else seg[m]
+                    writer.writerow([s, split, m, "nan" if s in diverged else f"{float(v):.6g}"])
+    return test_scores, confusion
+
+
 def make_workdir(
     path,
     seeds,
@@ -53,12 +97,15 @@ def make_workdir(
     num_epochs=3,
     finished=True,
     rng_seed=0,
+    no_smoothing=False,
 ):
     """A fake sweep workdir following docs/workdir.md.
 
     A finished run has config.json, metrics.jsonl, results.csv, final_stats.npz, examples.npz,
     run.json and summary.md; an unfinished one only config.json and metrics.jsonl (what a sweep
-    has written before ``_finish``). Returns the raw test scores per seed for oracle checks.
+    has written before ``_finish``). ``no_smoothing`` adds results_no_smoothing.csv and
+    final_stats_no_smoothing.npz (a second, worse evaluation of the same seeds). Returns the raw
+    test scores per seed for oracle checks.
     """
     path = pathlib.Path(path)
     path.mkdir(parents=True)
@@ -102,42 +149,11 @@ def make_workdir(
     if not finished:
         return None
 
-    test_scores = {}
-    confusion = np.zeros((len(seeds), 3, 4), np.int64)
-    cls_confusion = np.zeros((len(seeds), 3, 4), np.int64)
-    hist_liver = np.zeros((len(seeds), 3, BINS), np.int64)
-    hist_background = np.zeros((len(seeds), 3, BINS), np.int64)
-    for i, s in enumerate(seeds):
-        for j, split in enumerate(SPLITS):
-            scores, target = _scores(rng, quality[s], PIXELS)
-            if split == "test":
-                test_scores[s] = (scores, target)
-            confusion[i, j] = _conf(scores >= 0.5, target)
-            cls_target = rng.random(40) < 0.5
-            cls_pred = np.where(rng.random(40) < 0.5 + quality[s] / 2, cls_target, ~cls_target)
-            cls_confusion[i, j] = _conf(cls_pred, cls_target)
-            hist_liver[i, j] = _hist(scores, target)
-            hist_background[i, j] = _hist(scores, ~target)
-    np.savez_compressed(
-        path / "final_stats.npz",
-        seeds=np.asarray(seeds, np.int64),
-        splits=np.asarray(SPLITS),
-        confusion=confusion,
-        cls_confusion=cls_confusion,
-        hist_liver=hist_liver,
-        hist_background=hist_background,
-        bin_edges=np.linspace(0, 1, BINS + 1),
-    )
-    with open(path / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["seed", "split", "metric", "value"])
-        for i, s in enumerate(seeds):
-            for j, split in enumerate(SPLITS):
-                seg = metrics.metrics_from_confusion(confusion[i, j])
-                cls = metrics.metrics_from_confusion(cls_confusion[i, j])
-                for m in CSV_METRICS:
-                    v = cls[m[4:]] if m.startswith("cls_") else seg[m]
-                    writer.writerow([s, split, m, "nan" if s in diverged else f"{float(v):.6g}"])
+    test_scores, confusion = _write_final(path, "", seeds, quality, diverged, rng)
+    if no_smoothing:
+        # Another evaluation of the same seeds: a worse model, other counts and histograms.
+        worse = {s: q * 0.6 for s, q in quality.items()}
+        _write_final(path, "_no_smoothing", seeds, worse, diverged, rng)
 
     ok = [s for s in seeds if s not in diverged]
     val_mcc = {s: metrics.metrics_from_confusion(confusion[seeds.index(s), 1])["mcc"] for s in ok}
@@ -211,7 +227,7 @@ def test_thesis_table_from_results_csv(sweeps):
             assert v.size == 11
             cells.append(f"{v.mean():.3f} ± {np.std(v, ddof=1):.3f} ({np.median(v):.3f})")
         assert f"| {title} | " + " | ".join(cells) + " |" in table
-    # No cls_dice in the file (docs/workdir.md lists none): no such row, nothing invented.
+    # The synthetic results.csv has no cls_dice (the sweep writes one): no row, nothing invented.
     assert "Cls-Dice" not in table and "| Dice |" in table
 
 
@@ -293,6 +309,12 @@ def test_report_end_to_end(sweeps, built):
     assert diverged_rows and all(
         r["diverged"] == "True" and r["value"] == "" for r in diverged_rows
     )
+    # No results_no_smoothing.csv anywhere: no extra variant in any output.
+    assert "without Gaussian smoothing" not in md
+    assert all(r["variants"] == {} for r in data["runs"].values())
+    for name in ("summary.csv", "seeds.csv", "thresholds.csv"):
+        with open(out / name) as f:
+            assert {r["variant"] for r in csv.DictReader(f)} == {"default"}, name
 
 
 def test_learning_curve_t_interval(sweeps):
@@ -363,3 +385,122 @@ def test_compare_runs_uses_stats_compare(sweeps):
     assert {k: r[k] for k in want if k != "notes"} == pytest.approx(
         {k: want[k] for k in want if k != "notes"}, nan_ok=True
     )
+
+
+NO_GS = "evaluated without Gaussian smoothing (trained with it)"
+
+
+def _section(md, heading):
+    """The text of a markdown ``### heading`` up to the next heading of level 2 or 3."""
+    start = md.index(f"### {heading}\n") + len(heading) + 5
+    ends = [i for i in (md.find("\n## ", start), md.find("\n### ", start)) if i >= 0]
+    return md[start : min(ends, default=len(md))]
+
+
+def _cells(path, metric):
+    """``mean ± std (median)`` cells per split of ``metric`` in a results.csv-format file."""
+    values = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row["metric"] == metric:
+                values.setdefault(row["split"], []).append(float(row["value"]))
+    cells = []
+    for split in SPLITS:
+        v = np.array(values[split])
+        v = v[~np.isnan(v)]
+        cells.append(f"{v.mean():.3f} ± {np.std(v, ddof=1):.3f} ({np.median(v):.3f})")
+    return cells
+
+
+def test_no_smoothing_variant(tmp_path):
+    gs = tmp_path / "gs"
+    make_workdir(gs, range(6), diverged={2}, rng_seed=5, no_smoothing=True)
+    make_workdir(tmp_path / "plain", range(5), rng_seed=6)
+    out = tmp_path / "report"
+    argv = [str(gs), str(tmp_path / "plain"), "--out", str(out)]
+    report.main([*argv, "--format", "csv", "--format", "json"])
+    md = (out / "report.md").read_text()
+
+    gs_md = md[: md.index("## Run `plain`")]
+    plain_md = md[md.index("## Run `plain`") : md.index("## Comparison")]
+    assert NO_GS not in plain_md
+
+    # The default table still comes from results.csv, the extra one from the variant's file.
+    default = _section(gs_md, "Results")
+    extra = _section(gs_md, f"Results, {NO_GS}")
+    assert "Values from results_no_smoothing.csv (final)" in extra
+    assert "n = 5 of 6; 1 diverged: [2]" in extra
+    want = "| MCC | " + " | ".join(_cells(gs / "results_no_smoothing.csv", "mcc")) + " |"
+    assert want in extra and want not in default
+    assert "| MCC | " + " | ".join(_cells(gs / "results.csv", "mcc")) + " |" in default
+
+    # Fair-threshold section of the variant: PxAP from final_stats_no_smoothing.npz.
+    fair_md = _section(gs_md, f"Threshold-free and fair-threshold evaluation, {NO_GS}")
+    run = report.load_run(gs)
+    assert set(run.variants) == {"no_smoothing"}
+    ns = run.variants["no_smoothing"]
+    fair = report.fair_threshold_evaluation(ns.final_stats, exclude_seeds=run.diverged)
+    ok = np.array([s != 2 for s in fair["seeds"]])
+    assert fair["pxap"][~ok].size and np.all(np.isnan(fair["pxap"][~ok]))
+    cells = []
+    for split in ("val", "test"):
+        pxap = fair["pxap"][ok, fair["splits"].index(split)]
+        cells.append(stats.format_cell(pxap.mean(), np.std(pxap, ddof=1), np.median(pxap)))
+    assert f"| PxAP | {cells[0]} | — | {cells[1]} | — |" in fair_md
+    default_fair = report.fair_threshold_evaluation(run.final_stats, exclude_seeds=run.diverged)
+    assert not np.allclose(default_fair["pxap"][ok], fair["pxap"][ok])
+
+    # JSON: the run's own entry is the default variant, the extra one under "variants".
+    data = json.loads((out / "report.json").read_text())
+    entry = data["runs"]["gs"]
+    assert entry["variant"] == "default" and set(entry["variants"]) == {"no_smoothing"}
+    ns_json = entry["variants"]["no_smoothing"]
+    assert ns_json["variant"] == "no_smoothing" and ns_json["title"] == NO_GS
+    assert ns_json["source"] == "results_no_smoothing.csv (final)"
+    np.testing.assert_allclose(
+        np.array(ns_json["values"]["test"]["mcc"], dtype=float),
+        ns.values["test"]["mcc"],
+        equal_nan=True,
+    )
+    assert ns_json["fair_threshold"]["pxap"][0] == pytest.approx(fair["pxap"][0].tolist())
+    assert data["runs"]["plain"]["variants"] == {}
+
+    # CSV: a variant column; the no_smoothing rows carry results_no_smoothing.csv's values.
+    with open(gs / "results_no_smoothing.csv") as f:
+        raw = {(r["seed"], r["split"], r["metric"]): r["value"] for r in csv.DictReader(f)}
+    with open(out / "seeds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["run"], r["variant"]) for r in rows} == {
+        ("gs", "default"),
+        ("gs", "no_smoothing"),
+        ("plain", "default"),
+    }
+    ns_rows = [r for r in rows if r["variant"] == "no_smoothing"]
+    assert len(ns_rows) == 6 * 3 * len(CSV_METRICS)
+    for r in ns_rows:
+        want = float(raw[(r["seed"], r["split"], r["metric"])])
+        got = float(r["value"]) if r["value"] else math.nan
+        assert got == pytest.approx(want, rel=1e-5, nan_ok=True)
+    for name in ("summary.csv", "thresholds.csv"):
+        with open(out / name) as f:
+            variants = {(r["run"], r["variant"]) for r in csv.DictReader(f)}
+        assert ("gs", "no_smoothing") in variants and ("plain", "no_smoothing") not in variants
+    with open(out / "summary.csv") as f:
+        row = next(
+            r
+            for r in csv.DictReader(f)
+            if (r["run"], r["variant"], r["split"], r["metric"])
+            == ("gs", "no_smoothing", "test", "mcc")
+        )
+    assert _cells(gs / "results_no_smoothing.csv", "mcc")[2].startswith(
+        f"{float(row['mean']):.3f} "
+    )
+
+
+def test_variant_npz_without_results_is_noted(tmp_path):
+    """An interrupted sweep can leave final_stats_no_smoothing.npz without its results csv."""
+    make_workdir(tmp_path / "gs", range(4), no_smoothing=True)
+    (tmp_path / "gs" / "results_no_smoothing.csv").unlink()
+    run = report.load_run(tmp_path / "gs")
+    assert run.variants == {}
+    assert any("final_stats_no_smoothing.npz without" in n for n in run.notes)

@@ -174,7 +174,9 @@ def test_checkpoint_round_trip(tmp_path):
     ckpt.save(2, jax.tree_util.tree_map(lambda x: x + 1, state))
     assert ckpt.latest_epoch() == 2
     restored = ckpt.restore(1, state)
-    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     ckpt.close()
 

@@ -86,7 +86,10 @@ def test_seeds_differ(tiny):
     _, trainer, _, _ = tiny
     a = trainer.init(seed_key(0, 0)).params
     b = trainer.init(seed_key(0, 1)).params
-    diffs = [float(jnp.abs(x - y).max()) for x, y in zip(*map(jax.tree_util.tree_leaves, (a, b)))]
+    diffs = [
+        float(jnp.abs(x - y).max())
+        for x, y in zip(*map(jax.tree_util.tree_leaves, (a, b)), strict=True)
+    ]
     assert max(diffs) > 0
 
 
