@@ -58,6 +58,38 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+README_HEAD = """# Benchmarks
+
+## `seeds_throughput.py`: many seeds at once vs one after another
+
+Seed-steps per second (one seed-step = one Adam step of one seed on one batch) of the same per-seed
+training function run three ways in the same process on the same device-resident data:
+**vmap** (what the sweep does), **loop** (one jitted call per seed, one after another) and
+**map** (`lax.map` over seeds). Median of the timed repeats, after one untimed compile-and-warm-up
+call. Regenerate: `python benchmarks/seeds_throughput.py` (writes `results/<device>.json`, then
+this table from every JSON in `results/`).
+"""
+
+
+def render_readme(results_dir: pathlib.Path, readme: pathlib.Path) -> None:
+    """Rewrites ``readme`` with one table per recorded result file."""
+    parts = [README_HEAD]
+    for path in sorted(results_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        parts.append(
+            f"\n### {r['device']} ({r['cpu_count']} host cores), {r['date']}\n\n"
+            f"`{r['config']}`: image {r['image_size']}², batch {r['batch_size']}, "
+            f"h {r['hidden']}, depth {r['depth']}, depthwise `{r['depthwise_impl']}`, "
+            f"{r['steps_per_call']} steps per call, jax {r['jax']}. Unit: {r['unit']}.\n\n"
+            "| seeds N | vmap | loop | map | vmap / loop |\n|---|---|---|---|---|\n"
+        )
+        for row in r["rows"]:
+            cells = [f"{row[m]:.2f}" if m in row else "—" for m in ("vmap", "loop", "map")]
+            ratio = f"{row['vmap_over_loop']:.2f}×" if "vmap_over_loop" in row else "—"
+            parts.append(f"| {row['num_seeds']} | " + " | ".join(cells) + f" | {ratio} |\n")
+    readme.write_text("".join(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/cam_beta.py:cpu")
@@ -67,7 +99,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["vmap", "loop", "map"])
     parser.add_argument("--depthwise", default=None, help="override model.depthwise_impl")
     parser.add_argument("--out", default=None, help="result JSON (default results/<device>.json)")
+    parser.add_argument("--render_only", action="store_true", help="only rewrite the README")
     args = parser.parse_args()
+    results_dir = ROOT / "benchmarks" / "results"
+    if args.render_only:
+        render_readme(results_dir, ROOT / "benchmarks" / "README.md")
+        return
 
     config = load_config(args.config)
     if args.depthwise:
@@ -141,6 +178,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
+    if out.parent == results_dir:
+        render_readme(results_dir, ROOT / "benchmarks" / "README.md")
 
 
 if __name__ == "__main__":
