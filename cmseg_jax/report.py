@@ -62,19 +62,10 @@ from scipy import stats as sps
 
 from cmseg_jax import metrics, stats
 
-SPLITS = ("train", "val", "test")
-SPLIT_TITLES = {"train": "Training", "val": "Validation", "test": "Testing"}
+# Table order (segmentation first, then the image-level "Cls-" metrics) as in results.csv.
+from cmseg_jax.results import RESULT_METRICS, ROW_TITLES, SPLIT_TITLES, SPLITS  # noqa: E402
+
 SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:red"}
-ROW_TITLES = {
-    "acc": "Acc",
-    "mcc": "MCC",
-    "iou": "IoU",
-    "dice": "Dice",
-    "precision": "Prec",
-    "recall": "Rec",
-}
-# Table order: segmentation first, then the image-level ("Cls-") metrics, as in the thesis.
-RESULT_METRICS = metrics.METRIC_NAMES + tuple(f"cls_{m}" for m in metrics.METRIC_NAMES)
 CURVE_METRICS = metrics.METRIC_NAMES + ("cls_mcc", "loss")
 # The compact ablation table shows these (thesis table 8.7 has Cls-MCC and MCC).
 ABLATION_METRICS = ("cls_mcc", "mcc", "iou", "dice", "precision", "recall")

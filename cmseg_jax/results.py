@@ -10,8 +10,8 @@ import pathlib
 import numpy as np
 
 from cmseg_jax import io_utils, metrics, stats
+from cmseg_jax.data.dataset import SPLITS
 
-SPLITS = ("train", "val", "test")
 SPLIT_TITLES = {"train": "Training", "val": "Validation", "test": "Testing"}
 RESULT_METRICS = metrics.METRIC_NAMES + tuple(f"cls_{m}" for m in metrics.METRIC_NAMES)
 ROW_TITLES = {
