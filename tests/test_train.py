@@ -67,7 +67,11 @@ def test_vmapped_seeds_equal_seeds_alone(tiny):
     for a, b in zip(
         jax.tree_util.tree_leaves(alone), jax.tree_util.tree_leaves(stacked), strict=True
     ):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b)[1], rtol=2e-5, atol=2e-6)
+        # Batched and unbatched programs may reduce in different orders; Adam's normalised
+        # first steps amplify float32 rounding to ~1e-5. A wrong key or mixed-up seed differs at
+        # the scale of the weights themselves (~1e-2). The sweep itself always runs the vmapped
+        # program, where seed i alone is bit-identical (tests/test_sweep.py).
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b)[1], rtol=1e-3, atol=1e-4)
 
 
 def test_split_epoch_equals_whole_epoch(tiny):
