@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import importlib.util
 import json
 import os
 import pathlib
@@ -35,16 +34,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cmseg_jax.config_base import load_config_file  # noqa: E402
 from cmseg_jax.sweep import over_seeds  # noqa: E402
 from cmseg_jax.train import make_train, seed_key  # noqa: E402
-
-
-def load_config(spec: str):
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("bench_config", ROOT / path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant or None)
 
 
 def timed(fn, repeats: int) -> float:
@@ -115,7 +107,7 @@ def main() -> None:
         render_readme(results_dir, ROOT / "benchmarks" / "README.md")
         return
 
-    config = load_config(args.config)
+    config = load_config_file(args.config, ROOT)
     if args.depthwise:
         config.model.depthwise_impl = args.depthwise
     size, batch = config.data.image_size, config.train.batch_size

@@ -19,6 +19,9 @@ Choices the thesis leaves open (stated here so they are visible in every resolve
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from cmseg_jax.models.smoothing import scaled_smoothing
@@ -132,3 +135,12 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
     config.model.smoothing_sigma = sigma
     config.model.smoothing_size = size
     return config
+
+
+def load_config_file(spec: str, root: str | pathlib.Path = ".") -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:variant]`` (relative to ``root``) as ``--config`` would."""
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("cmseg_config", pathlib.Path(root) / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant or None)

@@ -165,7 +165,7 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
     temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
     chunk = config.train.seed_chunk if 0 < config.train.seed_chunk < num_seeds else num_seeds
-    n_train_est = 3 * config.data.liver_slices  # rough: slices per training volume
+    # Rough: every sampled slice of the phantom's volume count, float32 image + uint8 mask.
     data_bytes = (
         config.data.phantom_volumes
         * (config.data.liver_slices + config.data.background_slices)
@@ -173,7 +173,6 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
         * size
         * 5
     )
-    del n_train_est
     total = num_seeds * state_bytes + chunk * temp + data_bytes
     return {
         "params": params,

@@ -1,21 +1,18 @@
 """Shared fixtures: a private data cache and the tiny configs."""
 
-import importlib.util
 import os
 import pathlib
 
 import pytest
+
+from cmseg_jax.config_base import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_config(spec: str):
     """Loads ``configs/<name>.py[:variant]`` the way ``--config`` does."""
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("test_config", ROOT / path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant or None)
+    return load_config_file(spec, ROOT)
 
 
 @pytest.fixture(scope="session", autouse=True)
