@@ -206,11 +206,11 @@ def run(
     print(f"DATA: {data_description}", file=sys.stderr, flush=True)
     weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
     host_data = {
-        "train": dataset.device_layout(splits["train"]),
+        # One padded copy serves training (which draws only the real slices) and evaluation.
+        "train": dataset.device_layout(splits["train"], config.eval.batch_size),
         "val": dataset.device_layout(splits["val"], config.eval.batch_size),
         "test": dataset.device_layout(splits["test"], config.eval.batch_size),
     }
-    host_data["train_eval"] = dataset.device_layout(splits["train"], config.eval.batch_size)
     data = jax.device_put(host_data)
     class_weights = jax.device_put(weights)
 
@@ -289,8 +289,7 @@ def _pad_state(states: TrainState, total: int) -> TrainState:
 
 
 def _evaluate(evaluate, states, data, class_weights, num) -> dict:
-    names = {"train": "train_eval", "val": "val", "test": "test"}
-    evals = {split: evaluate(states, data[names[split]], class_weights) for split in SPLITS}
+    evals = {split: evaluate(states, data[split], class_weights) for split in SPLITS}
     return jax.tree_util.tree_map(lambda x: x[:num], _host(evals))
 
 

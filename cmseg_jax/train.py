@@ -229,7 +229,8 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
 
     def train_steps(state, split, class_weights, epoch, start, *, length):
         order_key = jax.random.fold_in(jax.random.fold_in(state.rng, DATA_ORDER), epoch)
-        order = jax.random.permutation(order_key, split["images"].shape[0])
+        # Only the first num_train slices are real: the split may be padded for evaluation.
+        order = jax.random.permutation(order_key, num_train)
         aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT), epoch)
 
         def body(state, step):
