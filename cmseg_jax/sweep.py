@@ -234,6 +234,7 @@ def run(
         jsonl.unlink()
 
     epochs = config.train.epochs
+    final_evals = None
     spe = trainer.steps_per_epoch
     bar = tqdm(
         total=(epochs - start) * spe * num,
@@ -259,8 +260,12 @@ def run(
         bar.set_postfix(
             epoch=epoch, loss=f"{np.nanmean(np.where(diverged, np.nan, train_loss)):.4f}"
         )
-        if epoch % config.eval.every_epochs == 0 or epoch == epochs:
+        if epoch == epochs:
+            # The final evaluation is a superset of the per-epoch one: run it once, use it twice.
+            final_evals = evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
+        elif epoch % config.eval.every_epochs == 0:
             evals = _evaluate(fns.evaluate, states, data, class_weights, num)
+        if epoch == epochs or epoch % config.eval.every_epochs == 0:
             results.append_jsonl(
                 jsonl, results.epoch_records(epoch, seeds, train_loss, evals, diverged)
             )
@@ -270,7 +275,9 @@ def run(
     bar.close()
     ckpt.close()
 
-    out = _finish(config, workdir, seeds, states, data, class_weights, fns, data_description)
+    out = _finish(
+        config, workdir, seeds, states, data, class_weights, fns, data_description, final_evals
+    )
     out["fns"] = fns
     return out
 
@@ -315,10 +322,14 @@ def _write_final(config, workdir, suffix, seeds, evals, diverged) -> dict:
     return table
 
 
-def _finish(config, workdir, seeds, states, data, class_weights, fns, data_description) -> dict:
+def _finish(
+    config, workdir, seeds, states, data, class_weights, fns, data_description, evals=None
+) -> dict:
+    """Final result files; ``evals`` = the final evaluation if the last epoch already ran it."""
     num = len(seeds)
     diverged = np.asarray(states.diverged)[:num]
-    evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
+    if evals is None:  # a finished workdir re-run: evaluate the restored state
+        evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
     table = _write_final(config, workdir, "", seeds, evals, diverged)
     summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
     if fns.evaluate_final_no_smoothing is not None:
