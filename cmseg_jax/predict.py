@@ -47,6 +47,7 @@ from jax import lax
 from tqdm import tqdm
 
 from cmseg_jax import checkpoint, metrics, volume_io
+from cmseg_jax.data import lits
 from cmseg_jax.data.lits import DataError
 from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
 
@@ -323,9 +324,7 @@ def segment_volume(
     non_finite = 0
     for start in range(0, z, batch_size):
         zs = slice(start, min(start + batch_size, z))
-        images = volume_io.preprocess_slices(
-            volume_io.axial_slices(volume.hu, zs), image_size, hu_window
-        )
+        images = lits.images_to_model(volume_io.axial_slices(volume.hu, zs), image_size, hu_window)
         scores = np.asarray(score_fn(images), np.float32)
         if scores.shape != images.shape:
             raise ValueError(f"score_fn returned {scores.shape} for input {images.shape}")

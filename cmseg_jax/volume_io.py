@@ -55,7 +55,7 @@ from cmseg_jax.data import lits
 
 # The loader's private pieces are reused on purpose: one implementation of the slice pipeline
 # means prediction cannot drift from training.
-from cmseg_jax.data.lits import _display, _open, _open_pair, _pad_square, _read_labels, _resize
+from cmseg_jax.data.lits import _open, _open_pair, _read_labels
 
 AXIAL = 2
 
@@ -190,38 +190,6 @@ def load_labels(volume: Volume, seg_path) -> np.ndarray:
 def axial_slices(canonical: np.ndarray, z) -> np.ndarray:
     """(X, Y, Z) canonical array -> (n, X, Y) axial slices ``z`` (index, slice or index array)."""
     return np.moveaxis(canonical[:, :, z], 2, 0)
-
-
-def preprocess_slices(hu: np.ndarray, image_size: int, hu_window) -> np.ndarray:
-    """Canonical axial slices -> model input, exactly as the training loader prepares them.
-
-    Args:
-      hu: (n, X, Y) float Hounsfield units, canonical RAS+ in-plane axes.
-      image_size: side S of the model's square input.
-      hu_window: (lo, hi) window mapped to [-1, 1] (the run's ``data.hu_window``).
-
-    Returns:
-      (n, S, S) float32 in [-1, 1], rounded to float16 precision.
-    """
-    hu = np.asarray(hu, np.float32)
-    images = lits.hu_to_unit(_pad_square(_display(hu), lits.AIR_HU), hu_window)
-    images, _ = _resize(images, np.zeros(images.shape, bool), int(image_size))
-    return images.astype(np.float16).astype(np.float32)
-
-
-def preprocess_masks(labels: np.ndarray, image_size: int) -> np.ndarray:
-    """Canonical axial label slices -> the model grid, as the training loader resizes masks.
-
-    Args:
-      labels: (n, X, Y) labels; nonzero (liver or tumour) is liver.
-      image_size: side S.
-
-    Returns:
-      (n, S, S) uint8 {0, 1}.
-    """
-    seg = _pad_square(_display(np.asarray(labels) > 0), False)
-    dummy = np.zeros(seg.shape, np.float32)
-    return _resize(dummy, seg, int(image_size))[1]
 
 
 def postprocess_scores(scores: np.ndarray, in_plane: tuple[int, int]) -> np.ndarray:

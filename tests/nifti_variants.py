@@ -256,9 +256,8 @@ def model_grid(ref: Reference, image_size: int, hu_window=(-1024.0, 1024.0)):
     hu = np.moveaxis(ref.hu, 2, 0)
     seg = np.moveaxis(ref.labels, 2, 0) > 0
     images = lits.hu_to_unit(lits._pad_square(lits._display(hu), lits.AIR_HU), hu_window)
-    images, masks = lits._resize(
-        images, lits._pad_square(lits._display(seg), False), int(image_size)
-    )
+    images = lits._resize_images(images, int(image_size))
+    masks = lits._resize_masks(lits._pad_square(lits._display(seg), False), int(image_size))
     return images.astype(np.float16).astype(np.float32), masks
 
 

@@ -113,11 +113,11 @@ def test_preprocessing_equals_the_training_loader(tmp_path):
                 hu_ref, labels = lits.load_case(*cases[n])
                 np.testing.assert_array_equal(volume.hu, hu_ref)
                 z = split.slice_index[sel]
-                images = volume_io.preprocess_slices(
+                images = lits.images_to_model(
                     volume_io.axial_slices(volume.hu, z), size, (-1024.0, 1024.0)
                 )
                 np.testing.assert_array_equal(images, split.images[sel])
-                masks = volume_io.preprocess_masks(volume_io.axial_slices(labels, z), size)
+                masks = lits.masks_to_model(volume_io.axial_slices(labels, z), size)
                 np.testing.assert_array_equal(masks, split.masks[sel])
 
 

@@ -372,20 +372,108 @@ def _pad_square(slices: np.ndarray, value) -> np.ndarray:
     return np.pad(slices, pad, constant_values=value)
 
 
-def _resize(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resizes (n, S0, S0) images (float32) and masks (bool) to (n, size, size)."""
+def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resizes (n, S0, S0) float32 images to (n, size, size): block mean or linear."""
     n, s0, _ = images.shape
     if s0 == size:
-        return images, masks.astype(np.uint8)
+        return images
     if s0 % size == 0:
         f = s0 // size
-        images = images.reshape(n, size, f, size, f).mean(axis=(2, 4), dtype=np.float32)
-        frac = masks.reshape(n, size, f, size, f).mean(axis=(2, 4))
-        return images, (frac >= 0.5).astype(np.uint8)
+        return images.reshape(n, size, f, size, f).mean(axis=(2, 4), dtype=np.float32)
     z = (1.0, size / s0, size / s0)
-    images = ndimage.zoom(images, z, order=1, mode="nearest", grid_mode=True)
-    masks = ndimage.zoom(masks.astype(np.uint8), z, order=0, mode="nearest", grid_mode=True)
-    return images.astype(np.float32), masks
+    return ndimage.zoom(images, z, order=1, mode="nearest", grid_mode=True).astype(np.float32)
+
+
+def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """Resizes (n, S0, S0) bool masks to (n, size, size) uint8: block majority or nearest."""
+    n, s0, _ = masks.shape
+    if s0 == size:
+        return masks.astype(np.uint8)
+    if s0 % size == 0:
+        f = s0 // size
+        frac = masks.reshape(n, size, f, size, f).mean(axis=(2, 4))
+        return (frac >= 0.5).astype(np.uint8)
+    z = (1.0, size / s0, size / s0)
+    return ndimage.zoom(masks.astype(np.uint8), z, order=0, mode="nearest", grid_mode=True)
+
+
+def images_to_model(hu: np.ndarray, image_size: int, hu_window) -> np.ndarray:
+    """Canonical axial HU slices -> model input (the one preprocessing of training and predict).
+
+    Args:
+      hu: (n, X, Y) Hounsfield units, canonical RAS+ in-plane axes.
+      image_size: side S of the model's square input.
+      hu_window: (lo, hi) window mapped to [-1, 1].
+
+    Returns:
+      (n, S, S) float32 in [-1, 1], radiological view, rounded to float16 precision.
+    """
+    hu = np.asarray(hu, np.float32)
+    images = hu_to_unit(_pad_square(_display(hu), AIR_HU), hu_window)
+    images = _resize_images(images, int(image_size))
+    return images.astype(np.float16).astype(np.float32)
+
+
+def masks_to_model(labels: np.ndarray, image_size: int) -> np.ndarray:
+    """Canonical axial label slices -> the model grid (nonzero, i.e. liver or tumour, is liver).
+
+    Args:
+      labels: (n, X, Y) labels.
+      image_size: side S.
+
+    Returns:
+      (n, S, S) uint8 {0, 1}.
+    """
+    return _resize_masks(_pad_square(_display(np.asarray(labels) > 0), False), int(image_size))
+
+
+def sample_case(
+    case_id: int,
+    volume_path,
+    seg_path,
+    *,
+    image_size: int,
+    split_seed: int,
+    liver_slices: int,
+    background_slices: int,
+    hu_window,
+) -> dict[str, np.ndarray]:
+    """The thesis' slice sample of one volume (steps 2 and 3 of the module docstring).
+
+    Shared by :func:`load_splits` and the TFDS builder, so both give identical arrays.
+
+    Returns:
+      {"images": (n, S, S) float32, "masks": (n, S, S) uint8, "labels": (n,) int32,
+       "volume_ids": (n,) int32, "slice_index": (n,) int32}, sorted by slice index.
+
+    Raises:
+      DataError: naming the offending file.
+    """
+    volume_path = pathlib.Path(volume_path)
+    pair = _open_pair(volume_path, seg_path)
+    labels = _read_labels(pair)
+    z, flag = _pick_slices(
+        labels, case_id, split_seed, liver_slices, background_slices, volume_path.name
+    )
+    return {
+        "images": images_to_model(_read_axial_hu(pair, z), image_size, hu_window),
+        "masks": masks_to_model(np.moveaxis(labels[:, :, z], 2, 0), image_size),
+        "labels": flag,
+        "volume_ids": np.full(len(z), case_id, np.int32),
+        "slice_index": z.astype(np.int32),
+    }
+
+
+def empty_arrays(image_size: int) -> dict[str, np.ndarray]:
+    """Zero-length arrays with :func:`sample_case`'s dtypes and shapes."""
+    size = int(image_size)
+    return {
+        "images": np.zeros((0, size, size), np.float32),
+        "masks": np.zeros((0, size, size), np.uint8),
+        "labels": np.zeros(0, np.int32),
+        "volume_ids": np.zeros(0, np.int32),
+        "slice_index": np.zeros(0, np.int32),
+    }
 
 
 def _cache_key(cases, params: dict, data_dir: pathlib.Path) -> str:
@@ -499,36 +587,19 @@ def load_splits(
             logger.warning("Split %r is empty (%d volumes in total)", name, len(cases))
     by_id = {c[0]: c for c in cases}
     sets = {}
+    sample = dict(
+        image_size=int(image_size),
+        split_seed=int(split_seed),
+        liver_slices=int(liver_slices),
+        background_slices=int(background_slices),
+        hu_window=tuple(hu_window),
+    )
     for name in SPLITS:
-        parts = {k: [] for k in ("images", "masks", "labels", "volume_ids", "slice_index")}
-        for case_id in split[name]:
-            _, vol_path, seg_path = by_id[case_id]
-            pair = _open_pair(vol_path, seg_path)
-            labels = _read_labels(pair)
-            z, flag = _pick_slices(
-                labels, case_id, split_seed, liver_slices, background_slices, vol_path.name
-            )
-            hu = _display(_read_axial_hu(pair, z))
-            seg = _display(np.moveaxis(labels[:, :, z], 2, 0)) > 0
-            images = hu_to_unit(_pad_square(hu, AIR_HU), hu_window)
-            images, masks = _resize(images, _pad_square(seg, False), int(image_size))
-            parts["images"].append(images)
-            parts["masks"].append(masks)
-            parts["labels"].append(flag)
-            parts["volume_ids"].append(np.full(len(z), case_id, np.int32))
-            parts["slice_index"].append(z.astype(np.int32))
-        size = int(image_size)
-        empty = {
-            "images": np.zeros((0, size, size), np.float32),
-            "masks": np.zeros((0, size, size), np.uint8),
-            "labels": np.zeros(0, np.int32),
-            "volume_ids": np.zeros(0, np.int32),
-            "slice_index": np.zeros(0, np.int32),
-        }
-        arrays = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
-        # float16 round trip: fresh results equal cached ones bit for bit.
-        arrays["images"] = arrays["images"].astype(np.float16).astype(np.float32)
-        sets[name] = SliceSet(**arrays)
+        parts = [sample_case(i, by_id[i][1], by_id[i][2], **sample) for i in split[name]]
+        empty = empty_arrays(image_size)
+        sets[name] = SliceSet(
+            **{k: np.concatenate([p[k] for p in parts]) if parts else empty[k] for k in empty}
+        )
     logger.info(
         "LiTS slices from %s: %s",
         data_dir,
