@@ -59,9 +59,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.cam.gate_with_classifier = True
 
     config.data = ml_collections.ConfigDict()
-    # phantom | lits. With source 'lits', data.dir must point at volume-N.nii / segmentation-N.nii.
+    # phantom | lits | tfds. With 'lits', data.dir must point at volume-N.nii / segmentation-N.nii.
+    # With 'tfds', the lits_slices TFDS dataset under data.tfds_dir (default $TFDS_DATA_DIR or
+    # ~/tensorflow_datasets) is read; if it is not built yet, it is built from data.dir.
     config.data.source = "phantom"
     config.data.dir = ""
+    config.data.tfds_dir = ""
     config.data.image_size = 512
     config.data.split_seed = 0
     config.data.fractions = (0.6, 0.2, 0.2)

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from cmseg_jax import checkpoint, io_utils, results
-from cmseg_jax.data import dataset
+from cmseg_jax.data import dataset, lits
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
 
@@ -422,7 +422,10 @@ def main(argv: Sequence[str]) -> None:
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     t0 = time.time()
-    out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value)
+    try:
+        out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value)
+    except lits.DataError as e:  # a bad data file: its one-line message, not a traceback
+        sys.exit(f"error: {e}")
     print(out["summary"])
     print(f"wrote {_WORKDIR.value} in {time.time() - t0:.0f} s")
 

@@ -23,41 +23,49 @@ def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.Slic
     """Loads (and caches) the slice sets of ``config.data``.
 
     With ``data.source == 'phantom'`` the embedded CT phantom is generated (once, cached) as
-    LiTS-format NIfTI files and read back through the same loader as LiTS.
+    LiTS-format NIfTI files and read back through the same loader as LiTS. With ``'tfds'`` the
+    ``lits_slices`` TFDS dataset is read (built first from ``data.dir`` if missing), giving the
+    arrays ``'lits'`` gives for the same files.
 
     Returns:
       ({'train', 'val', 'test'} -> SliceSet, a one-line description of the data used).
     """
     d = config.data
     cache_root = pathlib.Path(d.cache_dir) if d.cache_dir else default_cache_root()
-    if d.source == "phantom":
-        data_dir = phantom.ensure_phantom(
-            cache_root / "phantom",
-            num_volumes=d.phantom_volumes,
-            shape=tuple(d.phantom_shape),
-            seed=d.phantom_seed,
-        )
-        what = (
-            f"SYNTHETIC embedded CT phantom ({d.phantom_volumes} volumes "
-            f"{tuple(d.phantom_shape)}, seed {d.phantom_seed}) at {data_dir} -- NOT LiTS"
-        )
-    elif d.source == "lits":
-        if not d.dir:
-            raise ValueError("data.source='lits' needs --config.data.dir=/path/to/LiTS")
-        data_dir = pathlib.Path(d.dir)
-        what = f"LiTS-format NIfTI volumes from {data_dir}"
-    else:
-        raise ValueError(f"data.source must be 'phantom' or 'lits', got {d.source!r}")
-    splits = lits.load_splits(
-        data_dir,
+    sampling = dict(
         image_size=d.image_size,
         split_seed=d.split_seed,
         fractions=tuple(d.fractions),
         liver_slices=d.liver_slices,
         background_slices=d.background_slices,
         hu_window=tuple(d.hu_window),
-        cache_dir=cache_root / "slices",
     )
+    if d.source == "tfds":
+        from cmseg_jax.data import tfds_source
+
+        tfds_dir = pathlib.Path(d.tfds_dir) if d.tfds_dir else tfds_source.default_tfds_dir()
+        splits = tfds_source.load_splits_tfds(tfds_dir, manual_dir=d.dir or None, **sampling)
+        what = tfds_source.describe(tfds_dir, **sampling)
+    else:
+        if d.source == "phantom":
+            data_dir = phantom.ensure_phantom(
+                cache_root / "phantom",
+                num_volumes=d.phantom_volumes,
+                shape=tuple(d.phantom_shape),
+                seed=d.phantom_seed,
+            )
+            what = (
+                f"SYNTHETIC embedded CT phantom ({d.phantom_volumes} volumes "
+                f"{tuple(d.phantom_shape)}, seed {d.phantom_seed}) at {data_dir} -- NOT LiTS"
+            )
+        elif d.source == "lits":
+            if not d.dir:
+                raise ValueError("data.source='lits' needs --config.data.dir=/path/to/LiTS")
+            data_dir = pathlib.Path(d.dir)
+            what = f"LiTS-format NIfTI volumes from {data_dir}"
+        else:
+            raise ValueError(f"data.source must be 'phantom', 'lits' or 'tfds', got {d.source!r}")
+        splits = lits.load_splits(data_dir, cache_dir=cache_root / "slices", **sampling)
     sizes = ", ".join(f"{name} {len(splits[name].labels)}" for name in SPLITS)
     what = f"{what}; slices: {sizes}; image size {d.image_size}"
     logging.info("DATA: %s", what)

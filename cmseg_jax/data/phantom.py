@@ -58,7 +58,9 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 # Bump whenever the generator's output changes, so cached datasets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: files carry PHANTOM_DESCRIP
+# NIfTI header ``descrip`` of every phantom file, so data built from it stay labelled synthetic.
+PHANTOM_DESCRIP = "cmseg_jax synthetic CT phantom"
 
 # Tissue ids of the internal tissue map (uint8). Hounsfield units are looked up per volume.
 (
@@ -942,7 +944,19 @@ def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)  # scanner coordinates, as LiTS files declare
     img.set_sform(affine, code=1)
+    img.header["descrip"] = PHANTOM_DESCRIP.encode()
     return img
+
+
+def is_phantom_file(path) -> bool:
+    """Whether a NIfTI file was written by this phantom (its header's ``descrip``)."""
+    try:
+        descrip = nib.load(path).header.get("descrip")
+    except Exception:  # unreadable files are reported by the loaders, not here
+        return False
+    if descrip is None:
+        return False
+    return np.asarray(descrip).item().rstrip(b"\0") == PHANTOM_DESCRIP.encode()
 
 
 def write_phantom_dataset(
@@ -1030,3 +1044,29 @@ def ensure_phantom(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def main(argv=None) -> None:
+    """``python -m cmseg_jax.data.phantom OUT_DIR [--num_volumes N] [--shape X Y Z] [--seed S]``.
+
+    Writes a LiTS-format phantom directory (e.g. a manual directory for the TFDS builder).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cmseg_jax.data.phantom",
+        description="Write the CT phantom as LiTS-format volume-N / segmentation-N NIfTI files.",
+    )
+    parser.add_argument("out_dir")
+    parser.add_argument("--num_volumes", type=int, default=20)
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=(512, 512, 64), metavar=("X", "Y", "Z")
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = write_phantom_dataset(args.out_dir, args.num_volumes, tuple(args.shape), args.seed)
+    print(f"wrote {args.num_volumes} phantom volumes {tuple(args.shape)} to {out}")
+
+
+if __name__ == "__main__":
+    main()
