@@ -43,8 +43,11 @@ def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.Slic
     if d.source == "tfds":
         from cmseg_jax.data import tfds_source
 
-        tfds_dir = pathlib.Path(d.tfds_dir) if d.tfds_dir else tfds_source.default_tfds_dir()
-        splits = tfds_source.load_splits_tfds(tfds_dir, manual_dir=d.dir or None, **sampling)
+        tfds_dir = (
+            pathlib.Path(d.tfds_dir).expanduser() if d.tfds_dir else tfds_source.default_tfds_dir()
+        )
+        manual_dir = pathlib.Path(d.dir).expanduser() if d.dir else None
+        splits = tfds_source.load_splits_tfds(tfds_dir, manual_dir=manual_dir, **sampling)
         what = tfds_source.describe(tfds_dir, **sampling)
     else:
         if d.source == "phantom":
@@ -61,7 +64,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.Slic
         elif d.source == "lits":
             if not d.dir:
                 raise ValueError("data.source='lits' needs --config.data.dir=/path/to/LiTS")
-            data_dir = pathlib.Path(d.dir)
+            data_dir = pathlib.Path(d.dir).expanduser()
             what = f"LiTS-format NIfTI volumes from {data_dir}"
         else:
             raise ValueError(f"data.source must be 'phantom', 'lits' or 'tfds', got {d.source!r}")
