@@ -95,8 +95,8 @@ def score_histograms(scores, target, num_bins: int = 1000, valid=None) -> jnp.nd
 
     Args:
         scores: ``(...)`` float scores in ``[0, 1]`` (e.g. the liver probability). Values outside
-            are clipped into the first / last bin; NaN scores are not counted anywhere, so a
-            diverged seed shows up as histograms that sum to fewer pixels than its confusion
+            are clipped into the first / last bin; NaN scores are not counted anywhere, so
+            non-finite scores show up as histograms that sum to fewer pixels than the confusion
             counts.
         target: ``(...)`` bool or {0, 1}, same shape as ``scores``; nonzero means liver.
         num_bins: number of equal-width bins ``B`` on ``[0, 1]`` (static under jit).

@@ -185,7 +185,10 @@ class ModelScorer:
             if s not in all_seeds:
                 raise ValueError(f"seed {s} is not in the sweep (seeds: {all_seeds})")
             if sweep.diverged[all_seeds.index(s)]:
-                raise ValueError(f"seed {s} diverged during training; its scores are not finite")
+                raise ValueError(
+                    f"seed {s} diverged during training (frozen at its last finite state); "
+                    "pick another seed or --ensemble"
+                )
             rows.append(all_seeds.index(s))
         self.seeds = seeds
         self.batch_size = int(batch_size or sweep.config.eval.batch_size)

@@ -48,7 +48,9 @@ class TrainState(flax.struct.PyTreeNode):
       batch_stats: BatchNorm running statistics.
       opt_state: Adam state.
       rng: (2,) uint32, the seed's key; every random draw is a fold_in of it.
-      diverged: () bool, a non-finite loss was seen.
+      diverged: () bool, a non-finite loss or gradient was seen. From that step on the seed is
+        frozen: its params, batch_stats and opt_state stay at their last finite values (so
+        checkpoints and evaluations stay finite) while ``step`` keeps counting with the others.
     """
 
     step: jnp.ndarray
@@ -155,6 +157,16 @@ class Trainer:
     model: ConvMixerSeg
 
 
+def _all_finite(tree) -> jnp.ndarray:
+    """() bool: every floating-point leaf of ``tree`` is finite."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
     """Builds the per-seed training and evaluation functions for ``config``.
 
@@ -209,7 +221,11 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
         return num / den, updates["batch_stats"]
 
     def train_step(state, batch, class_weights, rng):
-        """One Adam step on one batch: pure (state, batch) -> (state, loss)."""
+        """One Adam step on one batch: pure (state, batch) -> (state, loss).
+
+        A non-finite loss or gradient marks the seed diverged and masks this and every later
+        update out (see :class:`TrainState`); under ``vmap`` the other seeds are untouched.
+        """
         images, masks, labels = batch
         if augment:
             images = gamma_augment(rng, images, gamma_low, gamma_high)
@@ -218,12 +234,18 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & _all_finite((grads, batch_stats))
+        diverged = state.diverged | ~finite
+
+        def keep_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(diverged, o, n), new, old)
+
         state = state.replace(
             step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            diverged=state.diverged | ~jnp.isfinite(loss),
+            params=keep_finite(params, state.params),
+            batch_stats=keep_finite(batch_stats, state.batch_stats),
+            opt_state=keep_finite(opt_state, state.opt_state),
+            diverged=diverged,
         )
         return state, loss
 
