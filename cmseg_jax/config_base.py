@@ -87,7 +87,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Steps per compiled call; 0 = a whole epoch per call (one lax.scan). Smaller values only make
     # the progress bar finer; results are identical.
     config.train.steps_per_call = 0
-    # Seeds per vmapped chunk (lax.map over chunks) to fit memory; 0 = all seeds in one vmap.
+    # Seeds per device per vmapped chunk (lax.map over chunks) to fit memory; 0 = all of a
+    # device's seeds in one vmap. Seeds are sharded over every visible device (mesh axis "seed").
     config.train.seed_chunk = 0
 
     config.eval = ml_collections.ConfigDict()

@@ -28,6 +28,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -57,46 +59,95 @@ def resolve_seeds(num_seeds: int | None, seeds: str | None, default: int) -> lis
     return list(range(n))
 
 
-def over_seeds(fn: Callable, chunk: int) -> Callable:
+class SeedLayout:
+    """Where the seed axis lives: a 1-D device mesh with axis ``seed``, and its chunking.
+
+    Seeds are padded to a multiple of ``shards * max(chunk, 1)`` and laid out in contiguous
+    blocks, one per device (``NamedSharding(mesh, P('seed'))``); the data are replicated. With
+    ``chunk > 0`` each device runs its block ``chunk`` seeds at a time.
+
+    Args:
+      devices: the devices to shard seeds over (default: all of ``jax.devices()``).
+      chunk: seeds per device per chunk (``train.seed_chunk``; 0 = the whole block at once).
+    """
+
+    def __init__(self, devices=None, chunk: int = 0):
+        devices = list(devices if devices is not None else jax.devices())
+        self.mesh = Mesh(np.asarray(devices), ("seed",))
+        self.shards = len(devices)
+        self.chunk = int(chunk)
+        self.seeds = NamedSharding(self.mesh, P("seed"))
+        self.replicated = NamedSharding(self.mesh, P())
+
+    def padded(self, num_seeds: int) -> int:
+        """The seed count after padding."""
+        multiple = self.shards * max(self.chunk, 1)
+        return -(-num_seeds // multiple) * multiple
+
+
+def over_seeds(fn: Callable, chunk: int, layout: SeedLayout | None = None) -> Callable:
     """Lifts a per-seed ``fn(state, *shared)`` to a seed-stacked first argument.
 
-    The seed axis is vmapped; with ``0 < chunk < num_seeds`` it is split into chunks of ``chunk``
-    seeds that run one after another (``lax.map``), so only one chunk's activations are live.
-    The number of seeds must then be a multiple of ``chunk`` (the sweep pads).
+    The seed axis is vmapped; with ``0 < chunk < seeds per shard`` every shard's seeds are split
+    into chunks of ``chunk`` that run one after another (``lax.map``), so only one chunk's
+    activations are live per device. Seeds per shard must then be a multiple of ``chunk`` (the
+    sweep pads). With a ``layout`` of several devices, chunk ``c`` holds seeds
+    ``c*chunk .. (c+1)*chunk - 1`` of every device's block, so no seed leaves its device.
     """
+    shards = layout.shards if layout is not None else 1
+
+    def constrain(x, spec):
+        if layout is None or shards == 1:
+            return x
+        return lax.with_sharding_constraint(x, NamedSharding(layout.mesh, spec))
 
     def run(states, *shared):
         batched = jax.vmap(lambda s: fn(s, *shared))
         num = jax.tree_util.tree_leaves(states)[0].shape[0]
-        if chunk <= 0 or chunk >= num:
+        local = num // shards
+        if chunk <= 0 or chunk >= local:
             return batched(states)
-        split = jax.tree_util.tree_map(
-            lambda x: x.reshape((num // chunk, chunk) + x.shape[1:]), states
-        )
-        out = lax.map(batched, split)
-        return jax.tree_util.tree_map(lambda x: x.reshape((num,) + x.shape[2:]), out)
+        steps = local // chunk
+
+        def to_chunks(x):  # (num, ...) -> (steps, shards * chunk, ...)
+            x = x.reshape((shards, steps, chunk) + x.shape[1:]).swapaxes(0, 1)
+            return constrain(x.reshape((steps, shards * chunk) + x.shape[3:]), P(None, "seed"))
+
+        def from_chunks(x):  # inverse of to_chunks
+            x = x.reshape((steps, shards, chunk) + x.shape[2:]).swapaxes(0, 1)
+            return constrain(x.reshape((num,) + x.shape[3:]), P("seed"))
+
+        out = lax.map(batched, jax.tree_util.tree_map(to_chunks, states))
+        return jax.tree_util.tree_map(from_chunks, out)
 
     return run
 
 
 class SweepFns:
-    """The jitted, seed-stacked functions of a sweep; each compiles once per input shape."""
+    """The jitted, seed-stacked functions of a sweep; each compiles once per input shape.
 
-    def __init__(self, trainer: Trainer, chunk: int, steps_per_call: int):
+    Every output has a leading seed axis and stays sharded over ``layout``'s ``seed`` axis.
+    """
+
+    def __init__(self, trainer: Trainer, layout: SeedLayout, steps_per_call: int):
         spe = trainer.steps_per_epoch
+        self.layout = layout
         self.call_lengths = _call_lengths(spe, steps_per_call)
-        self.init = jax.jit(over_seeds(trainer.init, chunk))
-        self.train = {
-            length: jax.jit(
-                over_seeds(functools.partial(trainer.train_steps, length=length), chunk),
-                donate_argnums=0,
+
+        def seeded(fn, **kwargs):
+            return jax.jit(
+                over_seeds(fn, layout.chunk, layout), out_shardings=layout.seeds, **kwargs
             )
+
+        self.init = seeded(trainer.init)
+        self.train = {
+            length: seeded(functools.partial(trainer.train_steps, length=length), donate_argnums=0)
             for length in sorted(set(self.call_lengths))
         }
-        self.evaluate = jax.jit(over_seeds(trainer.evaluate, chunk))
-        self.evaluate_final = jax.jit(over_seeds(trainer.evaluate_final, chunk))
+        self.evaluate = seeded(trainer.evaluate)
+        self.evaluate_final = seeded(trainer.evaluate_final)
         self.evaluate_final_no_smoothing = (
-            jax.jit(over_seeds(trainer.evaluate_final_no_smoothing, chunk))
+            seeded(trainer.evaluate_final_no_smoothing)
             if trainer.evaluate_final_no_smoothing is not None
             else None
         )
@@ -110,12 +161,10 @@ def _call_lengths(steps_per_epoch: int, steps_per_call: int) -> list[int]:
     return [steps_per_call] * full + ([rest] if rest else [])
 
 
-def _pad_seeds(keys: np.ndarray, chunk: int) -> np.ndarray:
-    """Repeats the last key so the seed count is a multiple of ``chunk`` (extra rows dropped)."""
-    if chunk <= 0 or len(keys) % chunk == 0:
-        return keys
-    extra = chunk - len(keys) % chunk
-    return np.concatenate([keys, np.repeat(keys[-1:], extra, axis=0)])
+def _pad_seeds(keys: np.ndarray, total: int) -> np.ndarray:
+    """Repeats the last key up to ``total`` rows (the extra seeds' results are dropped)."""
+    extra = total - len(keys)
+    return np.concatenate([keys, np.repeat(keys[-1:], extra, axis=0)]) if extra else keys
 
 
 def _host(tree):
@@ -164,7 +213,10 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
     mem = compiled.memory_analysis()
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
     temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-    chunk = config.train.seed_chunk if 0 < config.train.seed_chunk < num_seeds else num_seeds
+    # Per device: its block of seeds' states and one chunk of seed-steps' temporaries.
+    layout = SeedLayout(chunk=config.train.seed_chunk)
+    per_device = layout.padded(num_seeds) // layout.shards
+    chunk = layout.chunk if 0 < layout.chunk < per_device else per_device
     # Rough: every sampled slice of the phantom's volume count, float32 image + uint8 mask.
     data_bytes = (
         config.data.phantom_volumes
@@ -173,7 +225,7 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
         * size
         * 5
     )
-    total = num_seeds * state_bytes + chunk * temp + data_bytes
+    total = per_device * state_bytes + chunk * temp + data_bytes
     return {
         "params": params,
         "flops_per_seed_step": flops,
@@ -211,22 +263,30 @@ def run(
         "val": dataset.device_layout(splits["val"], config.eval.batch_size),
         "test": dataset.device_layout(splits["test"], config.eval.batch_size),
     }
-    data = jax.device_put(host_data)
-    class_weights = jax.device_put(weights)
+    layout = SeedLayout(chunk=config.train.seed_chunk)
+    data = jax.device_put(host_data, layout.replicated)
+    class_weights = jax.device_put(weights, layout.replicated)
 
     trainer = make_train(config, num_train=len(splits["train"].labels))
-    chunk = config.train.seed_chunk
-    fns = SweepFns(trainer, chunk, config.train.steps_per_call)
+    fns = SweepFns(trainer, layout, config.train.steps_per_call)
     num = len(seeds)
-    keys = _pad_seeds(np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds]), chunk)
-    states = fns.init(jnp.asarray(keys))
+    keys = np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds])
+    keys = _pad_seeds(keys, layout.padded(num))
+    states = fns.init(jax.device_put(keys, layout.seeds))
+    if layout.shards > 1:
+        print(
+            f"DEVICES: {num} seeds (padded to {len(keys)}) over {layout.shards} devices "
+            f"({jax.devices()[0].device_kind}), mesh axis 'seed'",
+            file=sys.stderr,
+            flush=True,
+        )
 
     ckpt = checkpoint.Checkpointer(workdir)
     jsonl = workdir / "metrics.jsonl"
     start = ckpt.latest_epoch() or 0
     if start:
         restored = ckpt.restore(start, _take(states, num))
-        states = _pad_state(restored, len(keys))
+        states = jax.device_put(_pad_state(restored, len(keys)), layout.seeds)
         results.truncate_jsonl(jsonl, start)
         logging.info("resuming %s after epoch %d", workdir, start)
         print(f"RESUME: {workdir} after epoch {start}", file=sys.stderr, flush=True)
@@ -283,7 +343,8 @@ def run(
 
 
 def _take(states: TrainState, num: int) -> TrainState:
-    return jax.tree_util.tree_map(lambda x: x[:num], states)
+    """The first ``num`` (real) seeds, as host numpy: a checkpoint never depends on the mesh."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[:num], states)
 
 
 def _pad_state(states: TrainState, total: int) -> TrainState:
@@ -415,8 +476,9 @@ def main(argv: Sequence[str]) -> None:
         print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
         print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}")
         print(
-            f"estimated_device_bytes: {info['estimated_device_bytes'] / 2**30:.2f} GiB "
-            f"({len(seeds)} seeds, {info['seeds_per_chunk']} per chunk)"
+            f"estimated_device_bytes: {info['estimated_device_bytes'] / 2**30:.2f} GiB per device "
+            f"({len(seeds)} seeds over {jax.device_count()} devices, "
+            f"{info['seeds_per_chunk']} per chunk)"
         )
         return
     if not _WORKDIR.value:
