@@ -65,10 +65,15 @@ this table from every JSON in `results/`).
 busy, so running seeds side by side cannot add arithmetic throughput; what vmap can do there is
 remove per-call overhead, and what it costs is a working set N× larger (the 9×9 depthwise
 shift-and-add then misses cache). The N = 1 row runs identical work in all three modes, so its
-spread (here up to 17 %) is the run-to-run noise of the machine. Within that noise vmap and the
-loop are level on this CPU, with vmap 0.89× the loop at N = 8 in the recorded run: the target of
-≥ 1.0× at N = 8 is **not** met here. The case for vmapping seeds is the accelerator, where one
-seed leaves most of the device idle; no accelerator figure is recorded yet.
+spread (up to 17 % across recordings) is the run-to-run noise of the machine. Within that noise vmap
+and the loop are level on this CPU, with vmap 0.88× the loop at N = 8 in the recorded run (0.89× in
+the previous one): the target of ≥ 1.0× at N = 8 is **not** met here. Absolute rates drift between
+recordings on this shared machine: the recorded run is about 18 % slower in every mode than the
+previous recording (N = 8: vmap 3.09, loop 3.46). A one-off A/B of the vmapped step in one process,
+`train.py` of commit 0bea7ba (diverged-seed masking) against its parent, measured 1.016× (2.50 vs
+2.46 seed-steps/s, N = 8), so the drift is the machine, not the code. The case for vmapping seeds is
+the accelerator, where one seed leaves most of the device idle; no accelerator figure is recorded
+yet.
 """
 
 
