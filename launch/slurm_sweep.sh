@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One sweep on one GPU node under SLURM. Usage:
 #   sbatch launch/slurm_sweep.sh configs/cam_beta.py 48 runs/cam_beta [--config.data.dir=/data/LiTS ...]
+# The seeds are sharded over every GPU the job gets: `sbatch --gres=gpu:4 ...` trains a quarter of
+# them on each (the results do not depend on the GPU count, and a requeued job may get another).
 # Re-submitting the same command resumes from the workdir's last checkpoint, so a pre-empted or
 # time-limited job can simply be requeued.
 #SBATCH --job-name=cmseg_sweep
