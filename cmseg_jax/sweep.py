@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from cmseg_jax import checkpoint, io_utils, results
+from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset, lits
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
@@ -177,13 +178,33 @@ def _config_record(config: ml_collections.ConfigDict, seeds: list[int]) -> dict:
     return record
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
-    """Refuses to mix runs: a workdir holds one config and one seed list."""
+    """Refuses to mix runs: a workdir holds one config and one seed list.
+
+    A field the workdir's ``config.json`` does not have yet (added to the config after that run
+    started) is accepted at its default value, so existing workdirs keep resuming.
+    """
     path = workdir / "config.json"
     if not path.exists():
         return
-    old = json.loads(path.read_text())
-    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+    old, new = _flatten(json.loads(path.read_text())), _flatten(record)
+    defaults = _flatten(json.loads(get_base_config().to_json()))
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k)
+        and not (k not in old and k in defaults and new.get(k) == defaults[k])
+    )
     if changed:
         raise ValueError(
             f"{path}: the workdir holds a run with different settings ({', '.join(changed)}); "

@@ -15,7 +15,7 @@ import pytest
 
 from cmseg_jax.checkpoint import Checkpointer
 from cmseg_jax.results import RESULT_METRICS
-from cmseg_jax.sweep import _call_lengths, over_seeds, resolve_seeds
+from cmseg_jax.sweep import _call_lengths, _check_workdir, over_seeds, resolve_seeds
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
@@ -221,6 +221,16 @@ def test_workdir_refuses_a_different_config(tmp_path):
     )
     assert proc.returncode != 0
     assert "different settings" in proc.stderr
+
+
+def test_workdir_accepts_fields_added_to_the_config_later(tmp_path):
+    older = {"seeds": [0], "name": "x", "data": {"dir": ""}, "train": {"epochs": 2}}
+    record = older | {"data": {"dir": "", "tfds_dir": ""}}
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    _check_workdir(tmp_path, record)  # data.tfds_dir is new, at its default: same run
+    for changed in ({"data": {"dir": "", "tfds_dir": "/elsewhere"}}, {"train": {"epochs": 3}}):
+        with pytest.raises(ValueError, match="different settings"):
+            _check_workdir(tmp_path, record | changed)
 
 
 def test_dry_run_prints_the_thesis_parameter_count():
