@@ -213,7 +213,15 @@ def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
 
 
 def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
-    """Parameter count, FLOPs per seed-step and a memory estimate, without data or training."""
+    """Parameter count, FLOPs per seed-step and device memory, without data or training.
+
+    Two ahead-of-time compilations: one seed's step (FLOPs and temporaries per seed-step), and
+    the sweep's own program, seed-stacked and sharded over the visible devices exactly as
+    :func:`run` lays it out, so a shape or sharding error shows here, before any data is read.
+    ``estimated_device_bytes`` is that program's per-device footprint (arguments + outputs -
+    donated + temporaries) plus a rough size of the resident data (the phantom's slice count at
+    float32 image + uint8 mask per pixel).
+    """
     size = config.data.image_size
     batch = config.train.batch_size
     trainer = make_train(config, num_train=batch)
@@ -234,11 +242,42 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
     mem = compiled.memory_analysis()
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
     temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-    # Per device: its block of seeds' states and one chunk of seed-steps' temporaries.
+
     layout = SeedLayout(chunk=config.train.seed_chunk)
-    per_device = layout.padded(num_seeds) // layout.shards
+    padded = layout.padded(num_seeds)
+    per_device = padded // layout.shards
     chunk = layout.chunk if 0 < layout.chunk < per_device else per_device
-    # Rough: every sampled slice of the phantom's volume count, float32 image + uint8 mask.
+
+    def placed(tree, sharding):
+        return jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree
+        )
+
+    key = seed_key(0, 0)
+    keys = jax.ShapeDtypeStruct((padded,) + key.shape, key.dtype, sharding=layout.seeds)
+    fns = SweepFns(trainer, layout, steps_per_call=1)
+    states = placed(jax.eval_shape(fns.init, keys), layout.seeds)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=layout.replicated)
+    swept = (
+        fns.train[1]
+        .lower(
+            states,
+            placed(split, layout.replicated),
+            placed(weights, layout.replicated),
+            scalar,
+            scalar,
+        )
+        .compile()
+        .memory_analysis()
+    )
+    program = 0
+    if swept is not None:
+        program = (
+            swept.argument_size_in_bytes
+            + swept.output_size_in_bytes
+            - swept.alias_size_in_bytes
+            + swept.temp_size_in_bytes
+        )
     data_bytes = (
         config.data.phantom_volumes
         * (config.data.liver_slices + config.data.background_slices)
@@ -246,14 +285,16 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
         * size
         * 5
     )
-    total = per_device * state_bytes + chunk * temp + data_bytes
     return {
         "params": params,
         "flops_per_seed_step": flops,
         "state_bytes_per_seed": state_bytes,
         "temp_bytes_per_seed_step": temp,
+        "devices": layout.shards,
+        "padded_seeds": padded,
         "seeds_per_chunk": chunk,
-        "estimated_device_bytes": total,
+        "program_bytes_per_device": program,
+        "estimated_device_bytes": program + data_bytes,
     }
 
 
@@ -498,8 +539,9 @@ def main(argv: Sequence[str]) -> None:
         print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}")
         print(
             f"estimated_device_bytes: {info['estimated_device_bytes'] / 2**30:.2f} GiB per device "
-            f"({len(seeds)} seeds over {jax.device_count()} devices, "
-            f"{info['seeds_per_chunk']} per chunk)"
+            f"({len(seeds)} seeds padded to {info['padded_seeds']} over {info['devices']} "
+            f"devices, {info['seeds_per_chunk']} per chunk; compiled sweep step "
+            f"{info['program_bytes_per_device'] / 2**30:.2f} GiB + data)"
         )
         return
     if not _WORKDIR.value:

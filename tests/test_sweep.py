@@ -240,6 +240,18 @@ def test_dry_run_prints_the_thesis_parameter_count():
     assert "estimated_device_bytes:" in proc.stdout
 
 
+def test_dry_run_compiles_the_sharded_sweep_ahead_of_time():
+    proc = run_cli(
+        "--config=configs/cam_beta.py:tiny",
+        "--dry_run",
+        "--num_seeds=6",
+        "--config.train.seed_chunk=1",
+        devices=4,
+    )
+    line = [x for x in proc.stdout.splitlines() if x.startswith("estimated_device_bytes:")][0]
+    assert "(6 seeds padded to 8 over 4 devices, 1 per chunk; compiled sweep step" in line
+
+
 def test_checkpoint_round_trip(tmp_path):
     state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray([3, 3], jnp.int32)}
     ckpt = Checkpointer(tmp_path)
