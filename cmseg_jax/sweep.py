@@ -5,9 +5,11 @@
         --config.train.epochs=5
     python -m cmseg_jax.sweep --config configs/cam_beta.py --dry_run
 
-The per-seed functions of :mod:`cmseg_jax.train` are ``vmap``-ed over a seed axis, optionally in
-chunks of ``train.seed_chunk`` seeds (``lax.map`` over chunks, to fit memory), and ``jit``-ed once:
-an epoch is one compiled call (one ``lax.scan`` over its steps) on data that stay on the device.
+The per-seed functions of :mod:`cmseg_jax.train` are ``vmap``-ed over a seed axis that is sharded
+over every visible device (a 1-D mesh with axis ``seed``; the data are replicated), optionally in
+chunks of ``train.seed_chunk`` seeds per device (``lax.map`` over chunks, to fit memory), and
+``jit``-ed once: an epoch is one compiled call (one ``lax.scan`` over its steps) on data that stay
+on the devices.
 After each epoch the three splits are evaluated, one line per seed and split goes to
 ``metrics.jsonl`` and the seed-stacked state is checkpointed; re-running the same command on the
 same workdir resumes after the last checkpoint. Outputs: docs/workdir.md.
