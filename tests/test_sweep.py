@@ -234,7 +234,7 @@ def test_workdir_accepts_fields_added_to_the_config_later(tmp_path):
 
 
 def test_dry_run_prints_the_thesis_parameter_count():
-    proc = run_cli("--config=configs/cam_beta.py", "--dry_run")
+    proc = run_cli("--config=configs/cam_beta.py", "--dry_run", "--num_seeds=1")
     assert "params: 3024374" in proc.stdout.splitlines()
     assert "flops_per_seed_step:" in proc.stdout
     assert "estimated_device_bytes:" in proc.stdout
