@@ -52,7 +52,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.bn_momentum = 0.9
     # auto | conv | shift: how the depthwise conv is computed (models/depthwise.py)
     config.model.depthwise_impl = "auto"
+    # Computation dtype of activations and matmuls: float32 | bfloat16 (parameters, Adam state,
+    # BatchNorm statistics, the Gaussian, losses and metrics stay float32).
     config.model.dtype = "float32"
+    # Recompute activations in the backward pass (mixer layers and the full-resolution decoder):
+    # about a third more FLOPs, a fraction of the memory. Off at the small variants.
+    config.model.remat = True
+    # Images per pass of the fused full-resolution decoder block (models/decoder.py): its C_t maps
+    # exist for this many images at a time; 0 = plain autodiff of the block.
+    config.model.decoder_chunk = 2
 
     config.cam = ml_collections.ConfigDict()
     config.cam.threshold = 0.5
@@ -116,6 +124,8 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         config.model.hidden = 64
         config.model.depth = 4
         config.model.transition = 16
+        config.model.remat = False
+        config.model.decoder_chunk = 16  # the whole batch: fastest on a CPU
         config.train.batch_size = 16
         config.eval.batch_size = 64
     elif arg == "tiny":
@@ -127,6 +137,7 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         config.model.hidden = 8
         config.model.depth = 1
         config.model.transition = 4
+        config.model.remat = False
         config.train.epochs = min(config.train.epochs, 2)
         config.train.batch_size = 4
         config.eval.batch_size = 8

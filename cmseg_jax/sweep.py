@@ -190,11 +190,27 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# Fields that change how a run is computed (memory layout, recomputation, call granularity,
+# caching), not what it computes: a workdir may be resumed with other values.
+EXECUTION_FIELDS = frozenset(
+    {
+        "model.remat",
+        "model.decoder_chunk",
+        "train.seed_chunk",
+        "train.seed_layout",
+        "train.memory_budget_gb",
+        "train.steps_per_call",
+        "train.compilation_cache",
+    }
+)
+
+
 def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
     """Refuses to mix runs: a workdir holds one config and one seed list.
 
     A field the workdir's ``config.json`` does not have yet (added to the config after that run
-    started) is accepted at its default value, so existing workdirs keep resuming.
+    started) is accepted at its default value, so existing workdirs keep resuming. Fields in
+    :data:`EXECUTION_FIELDS` may differ.
     """
     path = workdir / "config.json"
     if not path.exists():
@@ -205,6 +221,7 @@ def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
         k
         for k in set(old) | set(new)
         if old.get(k) != new.get(k)
+        and k not in EXECUTION_FIELDS
         and not (k not in old and k in defaults and new.get(k) == defaults[k])
     )
     if changed:

@@ -85,6 +85,8 @@ def build_model(config: ml_collections.ConfigDict, smoothing: bool | None = None
         bn_momentum=m.bn_momentum,
         depthwise_impl=m.depthwise_impl,
         dtype=jnp.dtype(m.dtype),
+        remat=bool(m.remat),
+        decoder_chunk=int(m.decoder_chunk),
     )
 
 

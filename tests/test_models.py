@@ -14,6 +14,7 @@ from cmseg_jax.models.convmixerseg import (
     PatchDecode,
     PatchEmbed,
     count_params,
+    upgrade_legacy_layout,
 )
 from cmseg_jax.models.depthwise import depthwise_conv
 from cmseg_jax.models.smoothing import gaussian_kernel_1d, gaussian_smooth
@@ -139,7 +140,9 @@ def test_patch_decode_equals_transposed_conv():
     variables = module.init(jax.random.PRNGKey(0), x)
     kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]  # (C, p, p, F)
     # Reference: a naive scatter of every input pixel's p×p×F block.
-    got = np.asarray(module.apply(variables, x))
+    got = np.asarray(module.apply(variables, x))  # patch-major (B, n, n, p, p, F)
+    assert got.shape == (2, 3, 2, 7, 7, 5)
+    got = got.transpose(0, 1, 3, 2, 4, 5).reshape(2, 21, 14, 5)
     ref = np.zeros((2, 21, 14, 5), np.float32)
     for i in range(3):
         for j in range(2):
@@ -155,3 +158,98 @@ def test_depthwise_module_initialises_like_pytorch():
     assert kernel.shape == (9, 9, 256)
     assert np.abs(kernel).max() <= 1 / 9 + 1e-7  # U(±1/sqrt(fan_in)), fan_in = 81
     assert np.abs(kernel).max() > 0.9 / 9
+
+
+def _loss_and_grads(model, variables, x):
+    def loss(params):
+        out, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return jnp.sum(jnp.sin(out["maps"])) + jnp.sum(out["pooled"] ** 2), (out, updates)
+
+    (value, (out, updates)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    return value, out, updates, grads
+
+
+def _assert_trees_close(a, b, rtol, atol):
+    for (path, x), y in zip(
+        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b), strict=True
+    ):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        scale = max(np.abs(x).max(), 1e-6)
+        np.testing.assert_allclose(
+            x / scale, y / scale, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, alt",
+    [
+        ({}, {"remat": True}),  # recomputation changes memory, not the function
+        ({}, {"decoder_chunk": 2}),  # fused, batch-chunked decoder == plain autodiff
+        ({}, {"decoder_chunk": 4, "remat": True}),
+        ({"head": "cam_alpha"}, {"remat": True}),
+        ({"upsample": "bilinear"}, {"remat": True}),
+        ({"pointwise_residual": False}, {"decoder_chunk": 1}),
+    ],
+)
+def test_remat_and_fused_decoder_compute_the_same_function(kwargs, alt):
+    common = dict(hidden=8, depth=3, transition=6, smoothing_size=5, **kwargs)
+    plain, other = ConvMixerSeg(**common), ConvMixerSeg(**common, **alt)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 30, 30))
+    variables = plain.init(jax.random.PRNGKey(0), x, train=False)
+    # Same variable tree whatever the formulation.
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+        other.init(jax.random.PRNGKey(0), x, train=False)
+    )
+    # Non-trivial running statistics, so that evaluation exercises them.
+    variables = {
+        "params": variables["params"],
+        "batch_stats": jax.tree_util.tree_map(lambda v: v + 0.3, variables["batch_stats"]),
+    }
+    v1, out1, upd1, g1 = _loss_and_grads(plain, variables, x)
+    v2, out2, upd2, g2 = _loss_and_grads(other, variables, x)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    _assert_trees_close(out1, out2, rtol=1e-5, atol=1e-5)
+    _assert_trees_close(upd1, upd2, rtol=1e-5, atol=1e-5)
+    _assert_trees_close(g1, g2, rtol=1e-4, atol=1e-3)
+    _assert_trees_close(
+        plain.apply(variables, x, train=False), other.apply(variables, x, train=False), 1e-5, 1e-5
+    )
+
+
+def test_mixer_layers_are_one_scan_over_stacked_parameters():
+    model = ConvMixerSeg()
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 512, 512)), train=False)
+    )
+    mixer = variables["params"]["mixer"]
+    assert mixer["dw"]["kernel"].shape == (20, 9, 9, 256)
+    assert mixer["pw"]["kernel"].shape == (20, 256, 256)
+    assert variables["batch_stats"]["mixer"]["dw_bn"]["mean"].shape == (20, 256)
+    # Per layer: 9·9·256 + 256 (dw) + 2·256 (BN) + 256·256 + 256 (pw) + 2·256 (BN) = 87,808.
+    assert count_params(mixer) == 20 * 87_808
+
+
+def test_legacy_unrolled_layout_maps_onto_the_scan_layout():
+    model = ConvMixerSeg(hidden=8, depth=3, transition=6, smoothing_size=5)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 21, 21))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    # The earlier layout, built by hand from today's: one entry per layer, decoder at the top.
+    legacy = {}
+    for collection, tree in variables.items():
+        flat = {k: v for k, v in tree.items() if k not in ("mixer", "head")}
+        flat.update(tree["head"])
+        for name, leaves in tree["mixer"].items():
+            for i in range(3):
+                flat[f"mixer{i}_{name}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], leaves)
+        legacy[collection] = flat
+    upgraded = upgrade_legacy_layout(legacy)
+    assert jax.tree_util.tree_structure(upgraded) == jax.tree_util.tree_structure(variables)
+    _assert_trees_close(upgraded, variables, 0, 0)
+    np.testing.assert_array_equal(
+        model.apply(upgraded, x, train=False)["maps"], model.apply(variables, x, train=False)["maps"]
+    )

@@ -29,14 +29,18 @@ BatchNorm uses PyTorch's momentum 0.1 (flax ``momentum=0.9``) and eps 1e-5.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-from cmseg_jax.models import heads
+from cmseg_jax.models import decoder, heads
 from cmseg_jax.models.depthwise import depthwise_conv
 from cmseg_jax.models.smoothing import gaussian_smooth
 
@@ -76,7 +80,10 @@ class PatchEmbed(nn.Module):
 
 
 class PatchDecode(nn.Module):
-    """Transposed conv, kernel = stride = p, as einsum + reshape: (B, n, n, C) -> (B, np, np, F)."""
+    """Transposed conv, kernel = stride = p, as an einsum: (B, n, n, C) -> (B, n, n, p, p, F).
+
+    Output pixel (i·p + a, j·p + c) is ``out[:, i, j, a, c]``.
+    """
 
     features: int
     patch_size: int
@@ -89,8 +96,8 @@ class PatchDecode(nn.Module):
         fan_in = self.features * p * p
         kernel = self.param("kernel", torch_uniform(fan_in), (c, p, p, self.features))
         bias = self.param("bias", torch_uniform(fan_in), (self.features,))
-        y = jnp.einsum("bijc,cpqd->bipjqd", x, kernel.astype(x.dtype))
-        return y.reshape(b, n_h * p, n_w * p, self.features) + bias.astype(x.dtype)
+        # Patch-major (B, n, n, p, p, F): the matmul's own output layout (see Decoder).
+        return jnp.einsum("bijc,cpqd->bijpqd", x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
 
 
 class Pointwise(nn.Module):
@@ -122,8 +129,47 @@ class Depthwise(nn.Module):
         return depthwise_conv(x, kernel.astype(x.dtype), self.impl) + bias.astype(x.dtype)
 
 
+class MixerLayer(nn.Module):
+    """One ConvMixer layer: depthwise k×k -> GELU -> BN, + residual; 1×1 -> GELU -> BN (+ residual).
+
+    Written as a scan body ``(y, _) -> (y, None)`` so that the ``depth`` layers are one
+    ``nn.scan`` over stacked parameters (see :class:`ConvMixerSeg`).
+    """
+
+    hidden: int
+    kernel_size: int
+    pointwise_residual: bool
+    bn_momentum: float
+    depthwise_impl: str
+    dtype: Any
+    train: bool
+
+    @nn.compact
+    def __call__(self, y: Array, _=None) -> tuple[Array, None]:
+        norm = functools.partial(_batch_norm, self.train, self.bn_momentum, self.dtype)
+        y = y + norm("dw_bn")(gelu(Depthwise(self.kernel_size, self.depthwise_impl, name="dw")(y)))
+        z = norm("pw_bn")(gelu(Pointwise(self.hidden, name="pw")(y)))
+        return (y + z if self.pointwise_residual else z), None
+
+
+def _batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> nn.BatchNorm:
+    # Statistics are reduced in float32 whatever ``dtype`` is (flax's force_float32_reductions),
+    # and the running averages and affine parameters are float32.
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype, name=name
+    )
+
+
 class ConvMixerSeg(nn.Module):
     """ConvMixerSeg segmentation network with a CAM_β (default) or CAM_α head.
+
+    The ``depth`` mixer layers are one ``nn.scan`` over parameters stacked on a leading layer axis
+    (``params['mixer']['dw']['kernel']`` is (depth, k, k, h)): the program holds one layer, which
+    keeps compiles short at depth 20, and with ``remat`` the backward pass stores only each layer's
+    input (B, P/p, P/p, h) and recomputes the rest, instead of about 13 such tensors per layer.
+    ``remat`` also recomputes the full-resolution decoder block (transposed conv, GELU, BN over the
+    C_t maps) in the backward pass rather than keeping its C_t-channel activations. Remat changes
+    memory and FLOPs, not the function (tested).
 
     Attributes:
       num_classes: K output class maps (2: background, liver).
@@ -140,7 +186,11 @@ class ConvMixerSeg(nn.Module):
         the C_t hidden maps -> dense; the class maps are the dense-weighted hidden maps).
       bn_momentum: flax BatchNorm momentum (0.9 == PyTorch 0.1).
       depthwise_impl: 'auto' | 'conv' | 'shift' (see ``cmseg_jax.models.depthwise``).
-      dtype: computation dtype.
+      dtype: computation dtype of activations and matmuls (float32 or bfloat16). Parameters,
+        BatchNorm statistics, the Gaussian smoothing and the returned maps and scores are float32.
+      remat: recompute activations in the backward pass (mixer layers and decoder block).
+      decoder_chunk: images per pass of the fused full-resolution decoder block ('seg' head; see
+        :mod:`cmseg_jax.models.decoder`); 0 = plain autodiff of the block.
     """
 
     num_classes: int = 2
@@ -157,6 +207,8 @@ class ConvMixerSeg(nn.Module):
     bn_momentum: float = 0.9
     depthwise_impl: str = "auto"
     dtype: Any = jnp.float32
+    remat: bool = False
+    decoder_chunk: int = 0
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> dict[str, Array]:
@@ -167,9 +219,9 @@ class ConvMixerSeg(nn.Module):
           train: BatchNorm uses batch statistics (and updates running ones) when True.
 
         Returns:
-          dict with ``maps`` (B, S, S, K) class maps (logits for 'seg', CAMs for 'cam_alpha') and
-          ``pooled`` (B, K) image-level class scores (GMP over ``maps`` for 'seg', the dense layer's
-          output for 'cam_alpha').
+          dict with ``maps`` (B, S, S, K) float32 class maps (logits for 'seg', CAMs for
+          'cam_alpha') and ``pooled`` (B, K) image-level class scores (GMP over ``maps`` for
+          'seg', the dense layer's output for 'cam_alpha').
         """
         if self.upsample not in ("transposed", "bilinear"):
             raise ValueError(
@@ -191,23 +243,27 @@ class ConvMixerSeg(nn.Module):
             ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
             constant_values=-1.0,
         )
-
-        def norm(name):
-            return nn.BatchNorm(
-                use_running_average=not train,
-                momentum=self.bn_momentum,
-                epsilon=1e-5,
-                dtype=self.dtype,
-                name=name,
-            )
+        norm = functools.partial(_batch_norm, train, self.bn_momentum, self.dtype)
 
         y = norm("embed_bn")(gelu(PatchEmbed(self.hidden, p, name="embed")(x)))
-        for i in range(self.depth):
-            y = y + norm(f"mixer{i}_dw_bn")(
-                gelu(Depthwise(self.kernel_size, self.depthwise_impl, name=f"mixer{i}_dw")(y))
+        if self.depth > 0:
+            layer = nn.remat(MixerLayer, prevent_cse=False) if self.remat else MixerLayer
+            mixers = nn.scan(
+                layer,
+                variable_axes={"params": 0, "batch_stats": 0},
+                split_rngs={"params": True},
+                length=self.depth,
             )
-            z = norm(f"mixer{i}_pw_bn")(gelu(Pointwise(self.hidden, name=f"mixer{i}_pw")(y)))
-            y = y + z if self.pointwise_residual else z
+            y, _ = mixers(
+                self.hidden,
+                self.kernel_size,
+                self.pointwise_residual,
+                self.bn_momentum,
+                self.depthwise_impl,
+                self.dtype,
+                train,
+                name="mixer",
+            )(y, None)
 
         def crop(t):
             return t[:, pad_h // 2 : pad_h // 2 + size_h, pad_w // 2 : pad_w // 2 + size_w]
@@ -215,24 +271,156 @@ class ConvMixerSeg(nn.Module):
         if self.upsample == "bilinear":
             # 1×1 conv and bilinear upsampling are both linear with weights summing to one, so they
             # commute (bias included): classify at patch resolution, then upsample the K maps.
-            logits = Pointwise(self.num_classes, name="classifier")(y)
+            logits = Pointwise(self.num_classes, name="classifier")(y).astype(jnp.float32)
             b, n_h, n_w, k = logits.shape
             maps = crop(jax.image.resize(logits, (b, n_h * p, n_w * p, k), "bilinear"))
             return heads.seg_outputs(maps)
 
-        features = crop(PatchDecode(self.transition, p, name="decoder")(y))
-        features = norm("decoder_bn")(gelu(features))
-        classifier = Pointwise(self.num_classes, name="classifier")
-        if self.head == "cam_alpha":
-            pooled = classifier(jnp.max(features, axis=(1, 2)))
-            maps = classifier(features)
-        else:
-            maps, pooled = classifier(features), None
+        fused = self.decoder_chunk > 0 and self.head == "seg"
+        # The fused decoder already recomputes its C_t maps in the backward pass.
+        block = nn.remat(Decoder, prevent_cse=False) if self.remat and not fused else Decoder
+        maps, pooled = block(
+            self.num_classes,
+            self.transition,
+            p,
+            (pad_h // 2, size_h, pad_w // 2, size_w),
+            self.head,
+            self.bn_momentum,
+            self.dtype,
+            train,
+            self.decoder_chunk,
+            name="head",
+        )(y)
         if self.smoothing_sigma > 0:
+            # The taps and the smoothed maps stay float32 whatever the compute dtype.
             maps = gaussian_smooth(maps, self.smoothing_sigma, self.smoothing_size)
         return heads.seg_outputs(maps) if pooled is None else {"maps": maps, "pooled": pooled}
+
+
+class _BatchNormVariables(nn.Module):
+    """The variables of an ``nn.BatchNorm`` (same names, shapes and initial values), for the fused
+    decoder, which computes the normalisation itself: returns (scale, bias, mean, var)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,), jnp.float32)
+        var = self.variable("batch_stats", "var", jnp.ones, (self.features,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (self.features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return scale, bias, mean, var
+
+
+class Decoder(nn.Module):
+    """Transposed conv (k = stride = p) -> crop -> GELU -> BN -> 1×1 conv to the class maps.
+
+    Computed in patch-major layout: the transposed conv's output stays (B, n, n, p, p, C_t), the
+    natural output of its matmul, and the crop is a mask on the BatchNorm statistics (and on the
+    CAM_α max); only the K-channel class maps are rearranged to (B, S, S, K) and cropped. The same
+    function as decoding to (B, np, np, C_t) and cropping first.
+
+    With ``chunk > 0`` (and the 'seg' head) the block is the fused, batch-chunked custom VJP of
+    :mod:`cmseg_jax.models.decoder`: the C_t maps of only ``chunk`` images exist at a time, in the
+    forward and the backward pass. ``chunk = 0`` is plain autodiff (and the CAM_α head always is).
+
+    Returns float32 (maps (B, S, S, K), pooled (B, K) for the CAM_α head or None).
+    """
+
+    num_classes: int
+    transition: int
+    patch_size: int
+    window: tuple[int, int, int, int]  # (top, height, left, width) of the crop
+    head: str
+    bn_momentum: float
+    dtype: Any
+    train: bool
+    chunk: int = 0
+
+    @nn.compact
+    def __call__(self, y: Array) -> tuple[Array, Array | None]:
+        top, height, left, width = self.window
+        b, n_h, n_w, _ = y.shape
+        p = self.patch_size
+        upsample = PatchDecode(self.transition, p, name="decoder")
+        classifier = Pointwise(self.num_classes, name="classifier")
+        if self.head == "seg" and self.chunk > 0:
+            logits = self._fused(y, upsample, classifier)
+        else:
+            features = upsample(y)  # (B, n, n, p, p, C_t)
+            inside = decoder.inside_mask(self.window, n_h, n_w, p)[None, ..., None]
+            features = _batch_norm(self.train, self.bn_momentum, self.dtype, "decoder_bn")(
+                gelu(features), mask=jnp.broadcast_to(inside, features.shape)
+            )
+            logits = classifier(features).astype(jnp.float32)
+        maps = logits.transpose(0, 1, 3, 2, 4, 5).reshape(b, n_h * p, n_w * p, self.num_classes)
+        maps = maps[:, top : top + height, left : left + width]
+        if self.head == "cam_alpha":
+            peak = jnp.max(jnp.where(inside, features, -jnp.inf), axis=(1, 2, 3, 4))
+            return maps, classifier(peak).astype(jnp.float32)
+        return maps, None
+
+    def _fused(self, y, upsample, classifier):
+        # Zero-image calls create the submodules' parameters (same tree as the plain path).
+        upsample(y[:0])
+        classifier(jnp.zeros((0, self.transition), y.dtype))
+        kernel, bias = (upsample.variables["params"][k] for k in ("kernel", "bias"))
+        w, wb = (classifier.variables["params"][k] for k in ("kernel", "bias"))
+        scale, offset, ra_mean, ra_var = _BatchNormVariables(self.transition, name="decoder_bn")()
+        chunk = math.gcd(self.chunk, y.shape[0])
+        if not self.train:
+            w_folded, b_folded = decoder.fold(scale, offset, w, wb, ra_mean.value, ra_var.value)
+            return decoder.decoder_logits(y, kernel, bias, w_folded, b_folded, chunk)
+        logits, mean, var = decoder.decoder_train(
+            y, kernel, bias, scale, offset, w, wb, self.window, chunk
+        )
+        if not self.is_initializing():
+            m = self.bn_momentum
+            ra_mean.value = m * ra_mean.value + (1.0 - m) * lax.stop_gradient(mean)
+            ra_var.value = m * ra_var.value + (1.0 - m) * lax.stop_gradient(var)
+        return logits
 
 
 def count_params(params) -> int:
     """Number of trainable scalars in a params pytree (BatchNorm scale and bias included)."""
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
+
+
+_LEGACY_MIXER = re.compile(r"mixer(\d+)_(dw|dw_bn|pw|pw_bn)$")
+
+
+def upgrade_legacy_layout(tree: Any, layer_axis: int = 0) -> Any:
+    """Maps a variables tree of the unrolled ConvMixerSeg layout onto today's.
+
+    Until the mixer layers became one ``nn.scan``, every layer had its own entries
+    (``mixer0_dw``, ``mixer0_dw_bn``, ``mixer0_pw``, ``mixer0_pw_bn``, ``mixer1_dw`` …) and the
+    decoder block's (``decoder``, ``decoder_bn``, ``classifier``) sat at the top level. Today the
+    layers are stacked on a new axis ``layer_axis`` under ``mixer/{dw,dw_bn,pw,pw_bn}`` and the
+    decoder block lives under ``head``. Applied to every dict in ``tree`` (params, batch_stats and
+    the Adam moments alike); a tree already in today's layout is returned unchanged.
+
+    Args:
+      tree: nested dicts / lists of arrays (e.g. a raw checkpoint).
+      layer_axis: where the layer axis goes (1 for seed-stacked arrays).
+    """
+    if isinstance(tree, list | tuple):
+        return type(tree)(upgrade_legacy_layout(x, layer_axis) for x in tree)
+    if not isinstance(tree, dict):
+        return tree
+    tree = {k: upgrade_legacy_layout(v, layer_axis) for k, v in tree.items()}
+    layers: dict[int, dict[str, Any]] = {}
+    for key in list(tree):
+        match = _LEGACY_MIXER.match(key)
+        if match:
+            layers.setdefault(int(match.group(1)), {})[match.group(2)] = tree.pop(key)
+    if layers:
+        if sorted(layers) != list(range(len(layers))):
+            raise ValueError(f"legacy mixer layers are not numbered 0..N-1: {sorted(layers)}")
+        ordered = [layers[i] for i in range(len(layers))]
+        tree["mixer"] = jax.tree_util.tree_map(
+            lambda *xs: np.stack([np.asarray(x) for x in xs], axis=layer_axis), *ordered
+        )
+    top_level = "embed" in tree or "embed_bn" in tree
+    if top_level and "head" not in tree and ("decoder" in tree or "decoder_bn" in tree):
+        tree["head"] = {k: tree.pop(k) for k in ("decoder", "decoder_bn", "classifier") if k in tree}
+    return tree
