@@ -251,5 +251,6 @@ def test_legacy_unrolled_layout_maps_onto_the_scan_layout():
     assert jax.tree_util.tree_structure(upgraded) == jax.tree_util.tree_structure(variables)
     _assert_trees_close(upgraded, variables, 0, 0)
     np.testing.assert_array_equal(
-        model.apply(upgraded, x, train=False)["maps"], model.apply(variables, x, train=False)["maps"]
+        model.apply(upgraded, x, train=False)["maps"],
+        model.apply(variables, x, train=False)["maps"],
     )

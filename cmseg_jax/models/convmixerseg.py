@@ -422,5 +422,6 @@ def upgrade_legacy_layout(tree: Any, layer_axis: int = 0) -> Any:
         )
     top_level = "embed" in tree or "embed_bn" in tree
     if top_level and "head" not in tree and ("decoder" in tree or "decoder_bn" in tree):
-        tree["head"] = {k: tree.pop(k) for k in ("decoder", "decoder_bn", "classifier") if k in tree}
+        block = ("decoder", "decoder_bn", "classifier")
+        tree["head"] = {k: tree.pop(k) for k in block if k in tree}
     return tree
