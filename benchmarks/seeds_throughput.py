@@ -1,16 +1,24 @@
-"""Seed-steps per second: N seeds vmapped vs the same N seeds one after another vs lax.map.
+"""Seed-steps per second: the sweep's own seed layout vs vmap, one after another, and lax.map.
 
     python benchmarks/seeds_throughput.py          # configs/cam_beta.py:cpu, N = 1 2 4 8
-    python benchmarks/seeds_throughput.py --config configs/cam_beta.py --seeds 1 2 4 8 16
+    python benchmarks/seeds_throughput.py --config configs/cam_beta.py --seeds 1 8 16
 
-All three modes run the same per-seed function (``Trainer.train_steps``: a ``lax.scan`` over
+All modes run the same per-seed function (``Trainer.train_steps``: a ``lax.scan`` over
 ``--steps`` optimizer steps) on the same device-resident random data, in the same process:
 
-* ``vmap``: ``jit(vmap(train_steps))`` over N seed states — what the sweep does;
+* ``sweep``: exactly the layout the sweep picks by itself (``sweep.plan_layout``: the chunk size
+  and vmap / ``lax.map`` for this device and its memory);
+* ``vmap``: ``jit(vmap(train_steps))`` over all N seed states;
 * ``loop``: ``jit(train_steps)`` called N times, one seed after another (compiled once);
 * ``map``: ``jit(lax.map(train_steps))`` over the N seeds (the sweep with ``seed_chunk = 1``).
 
+``--torch`` adds ``benchmarks/torch_reference.py``'s PyTorch modes (same model, loss and data
+shapes; the ``bench`` extra) to the same run.
+
 Each mode is compiled and run once untimed, then timed ``--repeats`` times (median reported).
+Each row also gives the achieved fraction of the device's peak FLOP/s and memory bandwidth, from
+the analytic FLOPs and minimum bytes per seed-step (``cmseg_jax/cost.py``); the peaks are a
+matmul and a copy measured in the same run on a CPU, the datasheet on an accelerator.
 Results go to ``benchmarks/results/<device>.json`` and a table in ``benchmarks/README.md``.
 """
 
@@ -34,9 +42,50 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cmseg_jax import cost  # noqa: E402
 from cmseg_jax.config_base import load_config_file  # noqa: E402
-from cmseg_jax.sweep import over_seeds  # noqa: E402
+from cmseg_jax.data import dataset  # noqa: E402
+from cmseg_jax.sweep import over_seeds, plan_layout  # noqa: E402
 from cmseg_jax.train import make_train, seed_key  # noqa: E402
+
+# Datasheet peaks (dense matmul FLOP/s in the benchmark's dtype, HBM bytes/s) by device kind.
+DATASHEET = {
+    "H100": {"float32": 67e12, "tf32": 495e12, "bfloat16": 989e12, "bandwidth": 3.35e12},
+    "H200": {"float32": 67e12, "tf32": 495e12, "bfloat16": 989e12, "bandwidth": 4.8e12},
+    "A100": {"float32": 19.5e12, "tf32": 156e12, "bfloat16": 312e12, "bandwidth": 2.0e12},
+    "TPU v2": {"float32": 45e12, "bfloat16": 45e12, "bandwidth": 0.7e12},
+}
+
+
+def measured_peaks(repeats: int = 3) -> dict:
+    """A large float32 matmul and a large copy, timed here: the CPU's peaks."""
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    flops = 2 * n**3 / timed(lambda: matmul(a).block_until_ready(), repeats)
+    big = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB, far past any cache
+    copy = jax.jit(lambda x: x * 1.0 + 0.0)
+    seconds = timed(lambda: copy(big).block_until_ready(), repeats)
+    return {
+        "flops": flops,
+        "bandwidth": 2 * big.nbytes / seconds,  # read + write
+        "source": f"measured here: {n}² float32 matmul, 256 MiB read + write",
+    }
+
+
+def device_peaks(device, dtype: str, repeats: int) -> dict:
+    if device.platform == "cpu":
+        return measured_peaks(repeats)
+    for kind, sheet in DATASHEET.items():
+        if kind.lower() in device.device_kind.lower():
+            # XLA runs float32 matmuls as TF32 on NVIDIA GPUs unless told otherwise.
+            key = "tf32" if dtype == "float32" and "tf32" in sheet else dtype
+            return {
+                "flops": sheet[key],
+                "bandwidth": sheet["bandwidth"],
+                "source": f"datasheet ({kind}, {key} dense, HBM)",
+            }
+    return {"flops": float("nan"), "bandwidth": float("nan"), "source": "unknown device"}
 
 
 def timed(fn, repeats: int) -> float:
@@ -82,17 +131,56 @@ def render_readme(results_dir: pathlib.Path, readme: pathlib.Path) -> None:
     parts = [README_HEAD]
     for path in sorted(results_dir.glob("*.json")):
         r = json.loads(path.read_text())
+        modes = [
+            m
+            for m in ("sweep", "vmap", "loop", "map")
+            + tuple(sorted({k for row in r["rows"] for k in row if k.startswith("torch_")}))
+            if any(m in row for row in r["rows"])
+        ]
+        ratios = [
+            (k, title)
+            for k, title in (
+                ("sweep_over_loop", "sweep / loop"),
+                ("vmap_over_loop", "vmap / loop"),
+                ("sweep_over_best_torch", "sweep / best torch"),
+                ("sweep_mfu", "sweep MFU"),
+                ("sweep_bandwidth_fraction", "sweep BW"),
+            )
+            if any(k in row for row in r["rows"])
+        ]
+        peaks = r.get("peaks")
+        peak_line = (
+            f" Peaks: {peaks['flops'] / 1e9:.0f} GFLOP/s, {peaks['bandwidth'] / 1e9:.1f} GB/s "
+            f"({peaks['source']}); {r['flops_per_seed_step'] / 1e9:.2f} GFLOP and "
+            f"{r['min_bytes_per_seed_step'] / 1e9:.2f} GB (minimum) per seed-step "
+            "(`cmseg_jax/cost.py`)."
+            if peaks
+            else ""
+        )
         parts.append(
             f"\n### {r['device']} ({r['cpu_count']} host cores), {r['date']}\n\n"
             f"`{r['config']}`: image {r['image_size']}², batch {r['batch_size']}, "
             f"h {r['hidden']}, depth {r['depth']}, depthwise `{r['depthwise_impl']}`, "
-            f"{r['steps_per_call']} steps per call, jax {r['jax']}. Unit: {r['unit']}.\n\n"
-            "| seeds N | vmap | loop | map | vmap / loop |\n|---|---|---|---|---|\n"
+            f"dtype {r.get('model_dtype', 'float32')}, "
+            f"{r['steps_per_call']} steps per call, jax {r['jax']}. Unit: {r['unit']}."
+            f"{peak_line}\n\n"
+            "| seeds N | sweep layout | "
+            + " | ".join(modes + [t for _, t in ratios])
+            + " |\n|"
+            + "---|" * (2 + len(modes) + len(ratios))
+            + "\n"
         )
         for row in r["rows"]:
-            cells = [f"{row[m]:.2f}" if m in row else "—" for m in ("vmap", "loop", "map")]
-            ratio = f"{row['vmap_over_loop']:.2f}×" if "vmap_over_loop" in row else "—"
-            parts.append(f"| {row['num_seeds']} | " + " | ".join(cells) + f" | {ratio} |\n")
+            cells = [f"{row[m]:.2f}" if m in row else "—" for m in modes]
+            for key, _ in ratios:
+                if key not in row:
+                    cells.append("—")
+                elif key.endswith(("mfu", "fraction")):
+                    cells.append(f"{100 * row[key]:.1f} %")
+                else:
+                    cells.append(f"{row[key]:.2f}×")
+            layout = row.get("sweep_layout", "—")
+            parts.append(f"| {row['num_seeds']} | {layout} | " + " | ".join(cells) + " |\n")
     readme.write_text("".join(parts))
 
 
@@ -102,7 +190,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per timed call")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", default=["vmap", "loop", "map"])
+    parser.add_argument("--modes", nargs="+", default=["sweep", "vmap", "loop", "map"])
+    parser.add_argument("--torch", action="store_true", help="add the PyTorch reference modes")
+    parser.add_argument(
+        "--torch_modes", nargs="+", default=["eager", "eager_cl", "compile", "vmap"]
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="config overrides, e.g. model.dtype=bfloat16"
+    )
     parser.add_argument("--depthwise", default=None, help="override model.depthwise_impl")
     parser.add_argument("--out", default=None, help="result JSON (default results/<device>.json)")
     parser.add_argument("--render_only", action="store_true", help="only rewrite the README")
@@ -113,6 +209,11 @@ def main() -> None:
         return
 
     config = load_config_file(args.config, ROOT)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, field = key.split(".")
+        old = config[section][field]
+        config[section][field] = value == "true" if isinstance(old, bool) else type(old)(value)
     if args.depthwise:
         config.model.depthwise_impl = args.depthwise
     size, batch = config.data.image_size, config.train.batch_size
@@ -121,7 +222,7 @@ def main() -> None:
     masks = (rng.random((num_train, size, size)) < 0.2).astype(np.uint8)
     split = jax.device_put(
         {
-            "images": rng.uniform(-1, 1, (num_train, size, size)).astype(np.float32),
+            "images": dataset.encode_images(rng.uniform(-1, 1, (num_train, size, size))),
             "masks": masks,
             "labels": masks.reshape(num_train, -1).max(1).astype(np.int32),
             "valid": np.ones(num_train, bool),
@@ -137,12 +238,22 @@ def main() -> None:
     epoch, start = jnp.int32(1), jnp.int32(0)
 
     device = jax.devices()[0]
+    peaks = device_peaks(device, config.model.dtype, args.repeats)
+    flops_step = cost.train_step_flops(config)
+    bytes_step = cost.train_step_bytes(config)
+    print(json.dumps({"peaks": peaks, "flops_per_seed_step": flops_step}), flush=True)
+    data_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(split))
     rows = []
     for n in args.seeds:
         keys = jnp.stack([seed_key(0, s) for s in range(n)])
         states = init(keys)
         singles = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(n)]
+        plan = plan_layout(config, trainer, n, data_bytes, devices=[device])
+        swept = jax.jit(over_seeds(steps, plan.chunk))
         runs = {
+            "sweep": lambda st=states, f=swept: jax.block_until_ready(
+                f(st, split, weights, epoch, start)
+            ),
             "vmap": lambda st=states: jax.block_until_ready(
                 vmapped(st, split, weights, epoch, start)
             ),
@@ -153,12 +264,30 @@ def main() -> None:
                 mapped(st, split, weights, epoch, start)
             ),
         }
-        row = {"num_seeds": n}
+        row = {"num_seeds": n, "sweep_layout": f"{plan.mode}, {plan.chunk} per chunk"}
         for mode in args.modes:
             seconds = timed(runs[mode], args.repeats)
             row[mode] = n * args.steps / seconds
+        if args.torch:
+            import torch_reference
+
+            for torch_row in torch_reference.measure(
+                config, [n], args.steps, args.repeats, args.threads, args.torch_modes
+            ):
+                row.update({k: v for k, v in torch_row.items() if k != "num_seeds"})
         if "vmap" in row and "loop" in row:
             row["vmap_over_loop"] = row["vmap"] / row["loop"]
+        if "sweep" in row and "loop" in row:
+            row["sweep_over_loop"] = row["sweep"] / row["loop"]
+        torch_best = max((v for k, v in row.items() if k.startswith("torch_")), default=None)
+        if torch_best and "sweep" in row:
+            row["sweep_over_best_torch"] = row["sweep"] / torch_best
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if stats and "peak_bytes_in_use" in stats:
+            row["peak_bytes_in_use"] = int(stats["peak_bytes_in_use"])  # so far in this process
+        if "sweep" in row:
+            row["sweep_mfu"] = row["sweep"] * flops_step / peaks["flops"]
+            row["sweep_bandwidth_fraction"] = row["sweep"] * bytes_step / peaks["bandwidth"]
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -182,6 +311,10 @@ def main() -> None:
         "steps_per_call": args.steps,
         "repeats": args.repeats,
         "unit": "seed-steps/s (median of repeats)",
+        "model_dtype": config.model.dtype,
+        "flops_per_seed_step": flops_step,
+        "min_bytes_per_seed_step": bytes_step,
+        "peaks": peaks,
         "rows": rows,
     }
     name = f"{device.platform}-{device.device_kind}".replace(" ", "_").replace("/", "_")

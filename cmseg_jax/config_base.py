@@ -95,9 +95,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Steps per compiled call; 0 = a whole epoch per call (one lax.scan). Smaller values only make
     # the progress bar finer; results are identical.
     config.train.steps_per_call = 0
-    # Seeds per device per vmapped chunk (lax.map over chunks) to fit memory; 0 = all of a
-    # device's seeds in one vmap. Seeds are sharded over every visible device (mesh axis "seed").
+    # Seeds per device per vmapped chunk (lax.map over chunks); 0 = chosen by the sweep (see
+    # train.seed_layout). Seeds are sharded over every visible device (mesh axis "seed").
     config.train.seed_chunk = 0
+    # How seed_chunk = 0 is chosen: 'auto' = 'map' on a CPU without a memory budget (measured
+    # fastest there, benchmarks/README.md), else 'vmap'; 'vmap' = the largest chunk whose compiled
+    # step fits the memory budget; 'map' = one seed per chunk (lax.map over seeds).
+    config.train.seed_layout = "auto"
+    # Device memory to plan for, GiB; 0 = the device's own (memory_stats; on a CPU half the host
+    # memory shared by its devices). --dry_run --config.train.memory_budget_gb=80 plans for an
+    # 80 GB GPU from any machine.
+    config.train.memory_budget_gb = 0.0
+    # JAX's persistent compilation cache in <cache root>/xla ($CMSEG_CACHE or
+    # ~/.cache/cmseg_jax): a second start of the same sweep skips XLA's compiles.
+    config.train.compilation_cache = True
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 16

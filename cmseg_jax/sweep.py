@@ -17,8 +17,10 @@ same workdir resumes after the last checkpoint. Outputs: docs/workdir.md.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
 import pathlib
 import sys
 import time
@@ -35,7 +37,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, io_utils, results
+from cmseg_jax import checkpoint, cost, io_utils, results
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset, lits
 from cmseg_jax.models.convmixerseg import count_params
@@ -231,41 +233,50 @@ def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
         )
 
 
-def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
-    """Parameter count, FLOPs per seed-step and device memory, without data or training.
+# Share of a device's memory the planned step and the resident data may take; the rest is for
+# XLA's own workspace, fragmentation and the (smaller) evaluation programs.
+HEADROOM = 0.9
+# Slice count assumed by the dry run for LiTS (131 volumes) when no data are read.
+LITS_VOLUMES = 131
 
-    Two ahead-of-time compilations: one seed's step (FLOPs and temporaries per seed-step), and
-    the sweep's own program, seed-stacked and sharded over the visible devices exactly as
-    :func:`run` lays it out, so a shape or sharding error shows here, before any data is read.
-    ``estimated_device_bytes`` is that program's per-device footprint (arguments + outputs -
-    donated + temporaries) plus a rough size of the resident data (the phantom's slice count at
-    float32 image + uint8 mask per pixel).
-    """
-    size = config.data.image_size
-    batch = config.train.batch_size
-    trainer = make_train(config, num_train=batch)
-    state = jax.eval_shape(trainer.init, seed_key(0, 0))
-    params = count_params(state.params)
-    split = {
-        "images": jax.ShapeDtypeStruct((batch, size, size), jnp.float32),
+
+def memory_budget(config: ml_collections.ConfigDict, devices: Sequence) -> tuple[float, str]:
+    """Bytes per device to plan for, and where that figure comes from."""
+    gb = float(config.train.memory_budget_gb)
+    if gb < 0:
+        raise ValueError(f"train.memory_budget_gb must be >= 0, got {gb:g}")
+    if gb > 0:
+        return gb * 2**30, f"train.memory_budget_gb={gb:g}"
+    device = devices[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return float(stats["bytes_limit"]), f"{device.device_kind} memory"
+    host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return 0.5 * host / len(devices), "half the host memory"
+
+
+def estimated_data_bytes(config: ml_collections.ConfigDict) -> int:
+    """Resident data of a run before any is read: every slice at 3 bytes a pixel (int16 image,
+    uint8 mask), for the phantom's volumes or LiTS' 131."""
+    d = config.data
+    volumes = d.phantom_volumes if d.source == "phantom" else LITS_VOLUMES
+    return volumes * (d.liver_slices + d.background_slices) * d.image_size**2 * 3
+
+
+def _batch_split(config: ml_collections.ConfigDict) -> dict:
+    size, batch = config.data.image_size, config.train.batch_size
+    return {
+        "images": jax.ShapeDtypeStruct((batch, size, size), jnp.int16),
         "masks": jax.ShapeDtypeStruct((batch, size, size), jnp.uint8),
         "labels": jax.ShapeDtypeStruct((batch,), jnp.int32),
         "valid": jax.ShapeDtypeStruct((batch,), bool),
     }
-    weights = jax.ShapeDtypeStruct((config.model.num_classes,), jnp.float32)
-    step = jax.jit(functools.partial(trainer.train_steps, length=1))
-    compiled = step.lower(state, split, weights, 0, 0).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    mem = compiled.memory_analysis()
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
-    temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
 
-    layout = SeedLayout(chunk=config.train.seed_chunk)
-    padded = layout.padded(num_seeds)
-    per_device = padded // layout.shards
-    chunk = layout.chunk if 0 < layout.chunk < per_device else per_device
+
+def step_bytes(config: ml_collections.ConfigDict, trainer: Trainer, layout: SeedLayout, n: int):
+    """Per-device bytes of the sweep's compiled training step for ``n`` seeds laid out by
+    ``layout`` (XLA's memory analysis: arguments + outputs - donated + temporaries), compiled
+    ahead of time on one batch of abstract data."""
 
     def placed(tree, sharding):
         return jax.tree_util.tree_map(
@@ -273,15 +284,16 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
         )
 
     key = seed_key(0, 0)
-    keys = jax.ShapeDtypeStruct((padded,) + key.shape, key.dtype, sharding=layout.seeds)
+    keys = jax.ShapeDtypeStruct((n,) + key.shape, key.dtype, sharding=layout.seeds)
     fns = SweepFns(trainer, layout, steps_per_call=1)
     states = placed(jax.eval_shape(fns.init, keys), layout.seeds)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=layout.replicated)
-    swept = (
+    weights = jax.ShapeDtypeStruct((config.model.num_classes,), jnp.float32)
+    mem = (
         fns.train[1]
         .lower(
             states,
-            placed(split, layout.replicated),
+            placed(_batch_split(config), layout.replicated),
             placed(weights, layout.replicated),
             scalar,
             scalar,
@@ -289,31 +301,153 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
         .compile()
         .memory_analysis()
     )
-    program = 0
-    if swept is not None:
-        program = (
-            swept.argument_size_in_bytes
-            + swept.output_size_in_bytes
-            - swept.alias_size_in_bytes
-            + swept.temp_size_in_bytes
-        )
-    data_bytes = (
-        config.data.phantom_volumes
-        * (config.data.liver_slices + config.data.background_slices)
-        * size
-        * size
-        * 5
+    if mem is None:
+        return 0
+    return (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A sweep's seed layout and its memory.
+
+    Attributes:
+      layout: the mesh and the chunk size.
+      mode: 'vmap' (largest chunk that fits), 'map' (one seed per chunk) or 'explicit'
+        (``train.seed_chunk`` given).
+      padded: seeds after padding.
+      program_bytes: per-device bytes of the compiled training step.
+      data_bytes: per-device bytes of the resident data.
+      budget: per-device bytes planned for, and ``budget_source`` where that figure comes from.
+    """
+
+    layout: SeedLayout
+    mode: str
+    padded: int
+    program_bytes: int
+    data_bytes: int
+    budget: float
+    budget_source: str
+
+    @property
+    def per_device(self) -> int:
+        return self.padded // self.layout.shards
+
+    @property
+    def chunk(self) -> int:
+        return self.layout.chunk if 0 < self.layout.chunk < self.per_device else self.per_device
+
+    def describe(self, num_seeds: int) -> str:
+        gib = 2**30
+        chunks = self.per_device // self.chunk
+        how = "one vmap" if chunks == 1 else f"lax.map over {chunks} chunks"
+        return (
+            f"{num_seeds} seeds (padded to {self.padded}) over {self.layout.shards} device(s), "
+            f"{self.chunk} per chunk ({how}; {self.mode}); per device: step "
+            f"{self.program_bytes / gib:.2f} GiB + data {self.data_bytes / gib:.2f} GiB of "
+            f"{self.budget / gib:.2f} GiB ({self.budget_source})"
+        )
+
+
+def plan_layout(
+    config: ml_collections.ConfigDict,
+    trainer: Trainer,
+    num_seeds: int,
+    data_bytes: int,
+    devices: Sequence | None = None,
+) -> Plan:
+    """Chooses how many seeds each device vmaps at once.
+
+    An explicit ``train.seed_chunk`` is taken as given. Otherwise ``train.seed_layout`` decides:
+    'map' runs one seed per chunk; 'vmap' compiles the step for chunks of 1 and 2 seeds, reads
+    the per-seed growth of XLA's memory analysis, takes the largest chunk that fits
+    ``HEADROOM`` of the budget next to the data, balances the chunks (48 seeds that fit 13 at a
+    time run as 4 chunks of 12, not 13 + 13 + 13 + 9 padded) and checks that chunk by compiling
+    it. 'auto' is 'map' on a CPU planned with no explicit budget and 'vmap' otherwise.
+
+    Raises:
+      ValueError: one seed does not fit the budget, or an unknown ``train.seed_layout``.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    budget, source = memory_budget(config, devices)
+    shards = len(devices)
+    local = -(-num_seeds // shards)
+
+    def measure(chunk):
+        layout = SeedLayout(devices, chunk)
+        padded = layout.padded(num_seeds)
+        return layout, padded, step_bytes(config, trainer, layout, padded)
+
+    mode, chunk = "explicit", int(config.train.seed_chunk)
+    if chunk <= 0:
+        mode = config.train.seed_layout
+        if mode == "auto":
+            planning_a_cpu = devices[0].platform == "cpu" and config.train.memory_budget_gb <= 0
+            mode = "map" if planning_a_cpu else "vmap"
+        if mode not in ("vmap", "map"):
+            raise ValueError(
+                "train.seed_layout must be 'auto', 'vmap' or 'map', "
+                f"got {config.train.seed_layout!r}"
+            )
+        chunk = 1 if mode == "map" or local == 1 else 0
+    if chunk == 0:
+        limit = budget * HEADROOM - data_bytes
+        _, _, one = measure(1)
+        _, _, two = measure(2)
+        fit = 1 + int((limit - one) // max(two - one, 1))
+        fit = max(1, min(local, fit))
+        chunk = -(-local // -(-local // fit))
+        layout, padded, program = measure(chunk)
+        while chunk > 1 and program + data_bytes > limit:
+            chunk -= 1
+            layout, padded, program = measure(chunk)
+    else:
+        layout, padded, program = measure(chunk)
+    if program + data_bytes > budget:
+        raise ValueError(
+            f"the training step needs {program / 2**30:.2f} GiB + {data_bytes / 2**30:.2f} GiB of "
+            f"data per device with {layout.chunk or local} seed(s) per chunk, more than the "
+            f"{budget / 2**30:.2f} GiB budget ({source}); try --config.model.dtype=bfloat16, "
+            "--config.model.decoder_chunk=1, --config.model.remat=true or a smaller "
+            "--config.train.batch_size"
+        )
+    return Plan(layout, mode, padded, program, data_bytes, budget, source)
+
+
+def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
+    """Parameter count, FLOPs per seed-step, the seed layout and device memory, without data.
+
+    Compiles one seed's step (temporaries per seed-step) and the sweep's own step as
+    :func:`plan_layout` lays it out (seed-stacked, chunked and sharded over the visible devices),
+    so a shape or sharding error shows here, before any data is read. ``estimated_device_bytes``
+    is that program's per-device footprint plus the resident data (:func:`estimated_data_bytes`).
+    """
+    trainer = make_train(config, num_train=config.train.batch_size)
+    state = jax.eval_shape(trainer.init, seed_key(0, 0))
+    params = count_params(state.params)
+    weights = jax.ShapeDtypeStruct((config.model.num_classes,), jnp.float32)
+    step = jax.jit(functools.partial(trainer.train_steps, length=1))
+    compiled = step.lower(state, _batch_split(config), weights, 0, 0).compile()
+    mem = compiled.memory_analysis()
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+    temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
+    plan = plan_layout(config, trainer, num_seeds, estimated_data_bytes(config))
     return {
         "params": params,
-        "flops_per_seed_step": flops,
+        "flops_per_seed_step": cost.train_step_flops(config),
+        "bytes_per_seed_step": cost.train_step_bytes(config),
         "state_bytes_per_seed": state_bytes,
         "temp_bytes_per_seed_step": temp,
-        "devices": layout.shards,
-        "padded_seeds": padded,
-        "seeds_per_chunk": chunk,
-        "program_bytes_per_device": program,
-        "estimated_device_bytes": program + data_bytes,
+        "devices": plan.layout.shards,
+        "padded_seeds": plan.padded,
+        "seeds_per_chunk": plan.chunk,
+        "program_bytes_per_device": plan.program_bytes,
+        "estimated_device_bytes": plan.program_bytes + plan.data_bytes,
+        "plan": plan,
     }
 
 
@@ -344,13 +478,15 @@ def run(
         "val": dataset.device_layout(splits["val"], config.eval.batch_size),
         "test": dataset.device_layout(splits["test"], config.eval.batch_size),
     }
-    layout = SeedLayout(chunk=config.train.seed_chunk)
+    trainer = make_train(config, num_train=len(splits["train"].labels))
+    num = len(seeds)
+    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(host_data))
+    plan = plan_layout(config, trainer, num, resident)
+    print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
+    layout = plan.layout
     data = jax.device_put(host_data, layout.replicated)
     class_weights = jax.device_put(weights, layout.replicated)
-
-    trainer = make_train(config, num_train=len(splits["train"].labels))
     fns = SweepFns(trainer, layout, config.train.steps_per_call)
-    num = len(seeds)
     keys = np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds])
     keys = _pad_seeds(keys, layout.padded(num))
     states = fns.init(jax.device_put(keys, layout.seeds))
@@ -517,7 +653,7 @@ def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) 
     chosen = np.asarray(
         (liver[:half] + background[: config.eval.num_examples - half])[: config.eval.num_examples]
     )
-    images = test["images"][chosen]
+    images = dataset.decode_images(test["images"][chosen])
     scores = []
     for row in picks:
         state = jax.tree_util.tree_map(lambda x, r=row: x[r], states)
@@ -541,6 +677,17 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print params, FLOPs and memory, 
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+    """Turns on JAX's persistent compilation cache (``train.compilation_cache``); its folder."""
+    if not config.train.compilation_cache:
+        return None
+    root = pathlib.Path(config.data.cache_dir) if config.data.cache_dir else None
+    path = (root or dataset.default_cache_root()) / "xla"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     # Orbax logs every save at INFO; keep the terminal for the progress bar and the summary.
@@ -550,12 +697,15 @@ def main(argv: Sequence[str]) -> None:
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/cam_beta.py")
     seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
+    enable_compilation_cache(config)
     if _DRY_RUN.value:
         info = dry_run(config, len(seeds))
         print(f"params: {info['params']}")
         print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
+        print(f"bytes_per_seed_step: {info['bytes_per_seed_step']:.4g}")
         print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
         print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}")
+        print(f"layout: {info['plan'].describe(len(seeds))}")
         print(
             f"estimated_device_bytes: {info['estimated_device_bytes'] / 2**30:.2f} GiB per device "
             f"({len(seeds)} seeds padded to {info['padded_seeds']} over {info['devices']} "

@@ -12,7 +12,8 @@ several calls without changing a bit.
 
 Data layout (device arrays, shared by all seeds)::
 
-  split = {"images": (N, S, S) float32 in [-1, 1], "masks": (N, S, S) uint8 {0, 1},
+  split = {"images": (N, S, S) int16 codes of [-1, 1] (``dataset.encode_images``; float32
+           images work too), "masks": (N, S, S) uint8 {0, 1},
            "labels": (N,) int32, "valid": (N,) bool}  # eval splits padded to a batch multiple
   class_weights: (K,) float32, inverse pixel frequencies of the training set
 """
@@ -32,6 +33,7 @@ import optax
 from jax import lax
 
 from cmseg_jax import metrics
+from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
 from cmseg_jax.models import heads
 from cmseg_jax.models.convmixerseg import ConvMixerSeg
@@ -259,7 +261,8 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
 
         def body(state, step):
             idx = lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
-            batch = (split["images"][idx], split["masks"][idx], split["labels"][idx])
+            images = dataset.decode_images(split["images"][idx])
+            batch = (images, split["masks"][idx], split["labels"][idx])
             return train_step(state, batch, class_weights, jax.random.fold_in(aug_key, step))
 
         state, losses = lax.scan(body, state, start + jnp.arange(length))
@@ -283,7 +286,7 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
                 sl = functools.partial(
                     lax.dynamic_slice_in_dim, start_index=i * eval_batch, slice_size=eval_batch
                 )
-                images, masks = sl(split["images"]), sl(split["masks"])
+                images, masks = dataset.decode_images(sl(split["images"])), sl(split["masks"])
                 labels, valid = sl(split["labels"]), sl(split["valid"])
                 outputs = apply_eval(state, images, net)
                 scores, pred, image_pred = heads.predict(outputs, method, threshold, gate)

@@ -97,7 +97,14 @@ def _check_outputs(workdir, seeds, epochs):
 @pytest.fixture(scope="module")
 def full_three_seeds(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("full3")
-    run_cli("--config=configs/full_ce.py:tiny", "--num_seeds=3", f"--workdir={workdir}")
+    # All three seeds in one vmap (not the CPU's default lax.map over seeds), the layout the
+    # sharded runs below are compared with bit for bit.
+    run_cli(
+        "--config=configs/full_ce.py:tiny",
+        "--num_seeds=3",
+        f"--workdir={workdir}",
+        "--config.train.seed_layout=vmap",
+    )
     return workdir
 
 

@@ -1,4 +1,4 @@
-"""From a config to the three splits the engine trains on (host numpy; no device code here)."""
+"""From a config to the three splits the engine trains on, and their device layout (host numpy)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from absl import logging
 from cmseg_jax.data import lits, phantom
 
 SPLITS = ("train", "val", "test")
+# Images live on the device as int16 codes round(x · IMAGE_SCALE) of intensities x in [-1, 1]:
+# 2 bytes a pixel instead of float32's 4, exact to 1.5e-5 (0.016 HU in the thesis' 2,048 HU
+# window, far finer than bfloat16), in a type every backend has. Decoded per batch on device.
+IMAGE_SCALE = 32767.0
 
 
 def default_cache_root() -> pathlib.Path:
@@ -87,12 +91,31 @@ def class_weights(masks: np.ndarray, num_classes: int = 2) -> np.ndarray:
     return (inv / inv[inv > 0].mean()).astype(np.float32)
 
 
+def encode_images(images: np.ndarray) -> np.ndarray:
+    """(…) intensities in [-1, 1] -> int16 codes (see :data:`IMAGE_SCALE`)."""
+    images = np.asarray(images, np.float32)
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images hold non-finite values")
+    return np.round(np.clip(images, -1.0, 1.0) * IMAGE_SCALE).astype(np.int16)
+
+
+def decode_images(codes):
+    """int16 codes -> float32 intensities in [-1, 1]; float images pass through as float32.
+
+    Works on numpy and jax arrays alike (the training step decodes each batch on device).
+    """
+    if codes.dtype.kind in "iu":
+        return codes.astype(np.float32) * np.float32(1.0 / IMAGE_SCALE)
+    return codes.astype(np.float32)
+
+
 def device_layout(split: lits.SliceSet, pad_to: int = 1) -> dict[str, np.ndarray]:
     """The engine's split dict, padded with empty slices to a multiple of ``pad_to``.
 
     Returns:
-      {"images": (M, S, S) float32, "masks": (M, S, S) uint8, "labels": (M,) int32,
-       "valid": (M,) bool}, M = N rounded up to a multiple of ``pad_to``.
+      {"images": (M, S, S) int16 codes (:func:`encode_images`), "masks": (M, S, S) uint8,
+       "labels": (M,) int32, "valid": (M,) bool}, M = N rounded up to a multiple of ``pad_to``.
+      3 bytes per pixel: 1,572 thesis training slices at 512² take 1.2 GB.
     """
     n = len(split.labels)
     pixels = n * split.images.shape[1] * split.images.shape[2]
@@ -108,7 +131,7 @@ def device_layout(split: lits.SliceSet, pad_to: int = 1) -> dict[str, np.ndarray
         return np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
 
     return {
-        "images": padded(split.images.astype(np.float32), -1.0),
+        "images": padded(encode_images(split.images), -int(IMAGE_SCALE)),
         "masks": padded(split.masks.astype(np.uint8), 0),
         "labels": padded(split.labels.astype(np.int32), 0),
         "valid": padded(np.ones(n, bool), False),

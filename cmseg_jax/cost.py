@@ -1,0 +1,143 @@
+"""Analytic FLOPs and bytes moved per seed-step (one Adam step of one seed on one batch).
+
+XLA's own cost analysis counts a loop body once, whatever its trip count, so for the scanned
+mixer layers and the batch-chunked decoder it undercounts by up to ``depth``×. This model counts
+every pass instead; ``tests/test_cost.py`` checks it against XLA's figures on configurations whose
+loops run exactly once.
+
+FLOPs: 2 per multiply-add of every matmul and convolution (the convention of MFU figures);
+elementwise work (GELU, BatchNorm, Adam) is not counted. A training step is the forward pass,
+the input gradients (1× forward) and the weight gradients (1× forward) of every layer, plus the
+recomputation ``model.remat`` adds (the mixer layers once more) and the fused decoder's extra
+passes (its transposed conv 6× instead of 3×, see ``models/decoder.py``).
+
+Bytes: the traffic to and from memory an ideal implementation cannot avoid, in the compute
+dtype: every activation tensor written once and read twice in the forward pass (BatchNorm reads
+its input for the statistics and again to normalise; every elementwise chain fused into its
+producer), twice that in the backward pass, and parameters, gradients and Adam moments read or
+written once per step (float32). A floor for rooflines: XLA's own "bytes accessed", which counts
+every fusion's operands and outputs, layout copies included, is 2-4× higher (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """The sizes of one image's tensors (see ``models/convmixerseg.py``)."""
+
+    size: int  # S, input side
+    padded: int  # P, S padded to a multiple of p
+    patches: int  # n = P / p
+    patch: int  # p
+    hidden: int  # h
+    depth: int
+    kernel: int  # k of the depthwise conv
+    transition: int  # C_t
+    classes: int  # K
+    smoothing: bool
+    bilinear: bool
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict) -> Shapes:
+        m, size = config.model, config.data.image_size
+        padded = -(-size // m.patch_size) * m.patch_size
+        return cls(
+            size=size,
+            padded=padded,
+            patches=padded // m.patch_size,
+            patch=m.patch_size,
+            hidden=m.hidden,
+            depth=m.depth,
+            kernel=m.kernel_size,
+            transition=m.transition,
+            classes=m.num_classes,
+            smoothing=bool(m.smoothing),
+            bilinear=m.upsample == "bilinear",
+        )
+
+
+def forward_flops(s: Shapes) -> dict[str, float]:
+    """Forward matmul/conv FLOPs of one image, by part."""
+    cells = s.patches**2
+    parts = {
+        "embed": 2.0 * cells * s.patch**2 * s.hidden,
+        "depthwise": 2.0 * s.depth * cells * s.kernel**2 * s.hidden,
+        "pointwise": 2.0 * s.depth * cells * s.hidden**2,
+    }
+    if s.bilinear:
+        parts["classifier"] = 2.0 * cells * s.hidden * s.classes
+    else:
+        parts["decoder"] = 2.0 * cells * s.hidden * s.patch**2 * s.transition
+        parts["classifier"] = 2.0 * s.padded**2 * s.transition * s.classes
+    if s.smoothing:
+        # Two banded (S, S) matrices applied to K maps (models/smoothing.py, 'matmul').
+        parts["smoothing"] = 2.0 * 2 * s.size**3 * s.classes
+    return parts
+
+
+def _fused(config: ml_collections.ConfigDict) -> bool:
+    """The fused decoder recomputes its C_t maps; with one chunk per batch its passes are
+    one-trip loops, which XLA unrolls and merges into the plain count."""
+    return (
+        0 < config.model.decoder_chunk < config.train.batch_size
+        and config.method != "cam_alpha"
+        and config.model.upsample != "bilinear"
+    )
+
+
+def train_step_flops(config: ml_collections.ConfigDict) -> float:
+    """Matmul/conv FLOPs of one seed-step (batch ``train.batch_size``)."""
+    s = Shapes.of(config)
+    f = forward_flops(s)
+    # Forward + input gradients + weight gradients; the embedding needs no input gradient and
+    # the smoothing has no weights.
+    total = 3.0 * sum(f.values()) - f["embed"] - f.get("smoothing", 0.0)
+    if config.model.remat:
+        total += f["depthwise"] + f["pointwise"]
+        if not _fused(config) and "decoder" in f:
+            total += f["decoder"] + f["classifier"]
+    if _fused(config):
+        # Statistics pass + logits pass forward; two recomputations in the backward pass.
+        total += 3.0 * f["decoder"] + 2.0 * f["classifier"]
+    return total * config.train.batch_size
+
+
+def train_step_bytes(config: ml_collections.ConfigDict) -> float:
+    """Modelled bytes moved by one seed-step (see the module docstring)."""
+    s = Shapes.of(config)
+    width = jnp.dtype(config.model.dtype).itemsize
+    cells = s.patches**2
+    # Activation elements written in the forward pass, per image.
+    written = s.padded**2 + cells * s.hidden * (1 + 2 * s.depth)
+    if s.bilinear:
+        written += s.size**2 * s.classes
+    else:
+        written += s.padded**2 * (s.transition + s.classes)
+    if s.smoothing:
+        written += 2 * s.size**2 * s.classes
+    passes = 3.0  # forward: write once, read about twice
+    passes *= 3.0  # + backward, twice the forward
+    if config.model.remat:
+        passes += 3.0
+    activations = passes * written * width * config.train.batch_size
+    if _fused(config):
+        # Two more passes over the C_t maps (module docstring of models/decoder.py).
+        activations += 2 * 3.0 * s.padded**2 * s.transition * width * config.train.batch_size
+    params = _param_count(s)
+    # Params, gradients and two Adam moments read, params and moments written (float32).
+    return activations + 7.0 * params * 4
+
+
+def _param_count(s: Shapes) -> int:
+    layer = s.kernel**2 * s.hidden + s.hidden + s.hidden**2 + s.hidden + 4 * s.hidden
+    count = s.patch**2 * s.hidden + s.hidden + 2 * s.hidden + s.depth * layer
+    if s.bilinear:
+        return count + s.hidden * s.classes + s.classes
+    decoder = s.hidden * s.patch**2 * s.transition + s.transition + 2 * s.transition
+    return count + decoder + s.transition * s.classes + s.classes

@@ -1,0 +1,60 @@
+"""The analytic FLOPs/bytes model against XLA's own cost analysis."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from cmseg_jax import cost
+from cmseg_jax.sweep import _batch_split
+from cmseg_jax.train import make_train, seed_key
+from tests.conftest import load_config
+
+
+def _xla_cost(config):
+    trainer = make_train(config, num_train=config.train.batch_size)
+    state = jax.eval_shape(trainer.init, seed_key(0, 0))
+    weights = jax.ShapeDtypeStruct((config.model.num_classes,), jnp.float32)
+    step = jax.jit(functools.partial(trainer.train_steps, length=1))
+    analysis = step.lower(state, _batch_split(config), weights, 0, 0).compile().cost_analysis()
+    return analysis[0] if isinstance(analysis, list | tuple) else analysis
+
+
+# XLA counts a loop body once, so the model is checked where every loop runs once (depth 1, the
+# decoder in one chunk or plain).
+@pytest.mark.parametrize(
+    "spec, model",
+    [
+        ("configs/cam_beta.py:cpu", {"depth": 1, "remat": False, "decoder_chunk": 0}),
+        ("configs/cam_beta.py:cpu", {"depth": 1, "remat": True, "decoder_chunk": 16}),
+        ("configs/full_ce.py:cpu", {"depth": 1, "remat": True, "decoder_chunk": 0}),
+        ("configs/ablation_no_gs_bilinear.py:cpu", {"depth": 1, "remat": False}),
+        ("configs/ablation_no_gs.py", {"depth": 1, "remat": False, "decoder_chunk": 0}),
+    ],
+)
+def test_model_agrees_with_xla_cost_analysis(spec, model):
+    config = load_config(spec)
+    config.model.update(model)
+    xla = _xla_cost(config)
+    # XLA also counts elementwise ops (GELU, BatchNorm, Adam: a few % of the FLOPs at these
+    # widths, more at smaller ones), the model only matmuls and convs.
+    assert 0.9 <= xla["flops"] / cost.train_step_flops(config) <= 1.25
+    # The model is a floor of the traffic; XLA counts every fusion's operands and outputs.
+    assert 1.0 <= xla["bytes accessed"] / cost.train_step_bytes(config) <= 4.5
+
+
+def test_thesis_step_flops_by_hand():
+    config = load_config("configs/cam_beta.py")
+    config.model.update(remat=False, decoder_chunk=0)
+    f = cost.forward_flops(cost.Shapes.of(config))
+    # 74² patch cells; the transposed conv maps 256 channels to 7·7·100 outputs per cell.
+    assert f["decoder"] == 2 * 74**2 * 256 * 7 * 7 * 100
+    assert f["pointwise"] == 2 * 20 * 74**2 * 256**2
+    assert cost.train_step_flops(config) == pytest.approx(1.55e12, rel=0.05)
+    # Remat adds a forward pass of the mixer layers; the fused decoder three of its own.
+    config.model.update(remat=True, decoder_chunk=2)
+    assert cost.train_step_flops(config) == pytest.approx(
+        1.55e12 + 16 * (f["depthwise"] + f["pointwise"] + 3 * f["decoder"] + 2 * f["classifier"]),
+        rel=0.05,
+    )
