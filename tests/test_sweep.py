@@ -44,6 +44,22 @@ def read_results(workdir):
         return list(csv.DictReader(f))
 
 
+def test_legacy_checkpoint_resumes_with_identical_results(tmp_path):
+    # A finished 1-epoch workdir written before the mixer layers became one scan: its checkpoint
+    # is mapped onto the new layout and evaluates to the results it had.
+    legacy = ROOT / "tests" / "data" / "legacy_cam_beta_tiny"
+    workdir = tmp_path / "legacy"
+    shutil.copytree(legacy, workdir)
+    proc = run_cli(
+        "--config=configs/cam_beta.py:tiny",
+        "--num_seeds=2",
+        f"--workdir={workdir}",
+        "--config.train.epochs=1",
+    )
+    assert "after epoch 1" in proc.stderr
+    assert read_results(workdir) == read_results(legacy)
+
+
 def test_all_seven_thesis_configs_exist():
     assert CONFIGS == sorted(
         [
@@ -63,6 +79,9 @@ def test_tiny_sweep_end_to_end(name, tmp_path):
     proc = run_cli(f"--config=configs/{name}.py:tiny", "--num_seeds=2", f"--workdir={tmp_path}")
     _check_outputs(tmp_path, seeds=[0, 1], epochs=2)
     assert "SYNTHETIC embedded CT phantom" in proc.stderr  # the data used is said loudly
+    # The seed layout the sweep chose by itself, and why: one seed per chunk on a CPU.
+    assert "LAYOUT: 2 seeds (padded to 2) over 1 device(s), 1 per chunk" in proc.stderr
+    assert "lax.map over 2 chunks; map)" in proc.stderr
     assert "| MCC |" in proc.stdout
 
 
@@ -240,11 +259,70 @@ def test_workdir_accepts_fields_added_to_the_config_later(tmp_path):
             _check_workdir(tmp_path, record | changed)
 
 
-def test_dry_run_prints_the_thesis_parameter_count():
-    proc = run_cli("--config=configs/cam_beta.py", "--dry_run", "--num_seeds=1")
+def _planned(proc):
+    line = [x for x in proc.stdout.splitlines() if x.startswith("estimated_device_bytes:")][0]
+    gib = float(line.split()[1])
+    per_chunk = int(line.split(" per chunk")[0].rsplit(" ", 1)[1])
+    return gib, per_chunk
+
+
+def test_dry_run_plans_the_headline_sweep_for_an_80gb_gpu():
+    proc = run_cli(
+        "--config=configs/cam_beta.py",
+        "--dry_run",
+        "--num_seeds=48",
+        "--config.train.memory_budget_gb=80",
+    )
     assert "params: 3024374" in proc.stdout.splitlines()
     assert "flops_per_seed_step:" in proc.stdout
-    assert "estimated_device_bytes:" in proc.stdout
+    gib, per_chunk = _planned(proc)
+    assert gib <= 80 and per_chunk >= 12, proc.stdout
+    # Chunks are balanced: 48 seeds run as equal chunks, none padded.
+    assert "(48 seeds padded to 48 over 1 devices" in proc.stdout
+
+
+def test_dry_run_bfloat16_puts_a_dozen_seeds_in_a_chunk():
+    proc = run_cli(
+        "--config=configs/cam_beta.py",
+        "--dry_run",
+        "--num_seeds=48",
+        "--config.train.memory_budget_gb=80",
+        "--config.model.dtype=bfloat16",
+    )
+    gib, per_chunk = _planned(proc)
+    assert gib <= 80 and per_chunk >= 12, proc.stdout
+
+
+def test_layout_planner(monkeypatch):
+    from cmseg_jax import sweep
+    from cmseg_jax.train import make_train
+    from tests.conftest import load_config
+
+    config = load_config("configs/cam_beta.py:tiny")
+    trainer = make_train(config, num_train=config.train.batch_size)
+    # On a CPU with no budget: one seed per chunk (lax.map over seeds).
+    plan = sweep.plan_layout(config, trainer, 5, data_bytes=0)
+    assert (plan.mode, plan.chunk, plan.padded) == ("map", 1, 5)
+    # A budget that fits about three seeds' steps: the largest balanced vmapped chunk.
+    calls = []
+    real = sweep.step_bytes
+    monkeypatch.setattr(sweep, "step_bytes", lambda *a: calls.append(a[2].chunk) or real(*a))
+    config.train.seed_layout = "vmap"
+    one = real(config, trainer, sweep.SeedLayout(chunk=1), 5)
+    two = real(config, trainer, sweep.SeedLayout(chunk=2), 6)
+    config.train.memory_budget_gb = (one + 2.5 * (two - one)) / sweep.HEADROOM / 2**30
+    plan = sweep.plan_layout(config, trainer, 5, data_bytes=0)
+    assert plan.mode == "vmap" and plan.chunk == 3 and plan.padded == 6, plan
+    assert plan.program_bytes <= plan.budget * sweep.HEADROOM
+    assert calls[:2] == [1, 2]
+    # An explicit chunk wins.
+    config.train.seed_chunk = 2
+    assert sweep.plan_layout(config, trainer, 5, data_bytes=0).chunk == 2
+    # Nothing fits: one line naming the budget and what to change.
+    config.train.seed_chunk = 0
+    config.train.memory_budget_gb = 1e-6
+    with pytest.raises(ValueError, match="budget .*model.dtype=bfloat16"):
+        sweep.plan_layout(config, trainer, 5, data_bytes=0)
 
 
 def test_dry_run_compiles_the_sharded_sweep_ahead_of_time():

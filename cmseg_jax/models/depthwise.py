@@ -52,23 +52,40 @@ def _fwd(x, kernel):
     return _shift_sum(x, kernel), (x, kernel)
 
 
+# Images per step of the kernel gradient's loop: about 256 KiB of input, so that the k² products
+# of a step are summed while their operands are in cache (measured 2.3× faster on XLA:CPU than
+# one pass over the whole batch per kernel row at h = 64, 19², batch 16).
+_KERNEL_GRAD_BYTES = 2**18
+
+
+def _kernel_grad(x: jnp.ndarray, g: jnp.ndarray, k: int) -> jnp.ndarray:
+    """(k, k, C): sum over b, h, w of pad(x)[b, h+i, w+j, c] · g[b, h, w, c]."""
+    p = k // 2
+    b, h, w, c = x.shape
+    per = max(1, min(b, _KERNEL_GRAD_BYTES // (h * w * c * x.dtype.itemsize)))
+    while b % per:
+        per -= 1
+    xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
+
+    def body(acc, chunk):
+        xc, gc = chunk
+        taps = [
+            [jnp.sum(xc[:, i : i + h, j : j + w, :] * gc, (0, 1, 2), jnp.float32) for j in range(k)]
+            for i in range(k)
+        ]
+        return acc + jnp.stack([jnp.stack(row) for row in taps]), None
+
+    chunks = (xp.reshape((b // per, per) + xp.shape[1:]), g.reshape((b // per, per) + g.shape[1:]))
+    zeros = jnp.zeros((k, k, c), jnp.float32)
+    return lax.scan(body, zeros, chunks)[0]
+
+
 def _bwd(res, g):
     x, kernel = res
-    k = kernel.shape[0]
-    p = k // 2
-    h, w = x.shape[1:3]
     # d/dx of a cross-correlation is the correlation of g with the flipped kernel; for odd k the
     # 'same' padding is symmetric, so this is the same op.
     grad_x = _shift_sum(g, kernel[::-1, ::-1])
-    xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
-
-    def row(_, i):
-        rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)
-        taps = [jnp.einsum("bhwc,bhwc->c", rows[:, :, j : j + w, :], g) for j in range(k)]
-        return None, jnp.stack(taps)
-
-    _, grad_kernel = lax.scan(row, None, jnp.arange(k))
-    return grad_x, grad_kernel.astype(kernel.dtype)
+    return grad_x, _kernel_grad(x, g, kernel.shape[0]).astype(kernel.dtype)
 
 
 depthwise_shift.defvjp(_fwd, _bwd)
