@@ -30,19 +30,21 @@ def test_parameter_count_at_the_cpu_variant(ref):
 
 
 @pytest.mark.parametrize(
-    "spec",
+    "spec, smoothing_impl",
     [
-        "configs/cam_beta.py:tiny",
-        "configs/full_ce.py:tiny",
-        "configs/cam_alpha.py:tiny",
-        "configs/ablation_no_gs_bilinear.py:tiny",
-        "configs/ablation_no_res.py:tiny",
+        ("configs/cam_beta.py:tiny", "matmul"),
+        ("configs/cam_beta.py:tiny", "conv"),
+        ("configs/full_ce.py:tiny", "matmul"),
+        ("configs/cam_alpha.py:tiny", "matmul"),
+        ("configs/ablation_no_gs_bilinear.py:tiny", "matmul"),
+        ("configs/ablation_no_res.py:tiny", "matmul"),
         # 128² with an even (12-tap) Gaussian and a 2-pixel pad to 133 = 19·7.
-        "configs/cam_beta.py:cpu",
+        ("configs/cam_beta.py:cpu", "matmul"),
+        ("configs/cam_beta.py:cpu", "conv"),
     ],
 )
-def test_same_loss_and_gradient_as_jax(ref, spec):
-    result = ref.cross_check(load_config(spec))
+def test_same_loss_and_gradient_as_jax(ref, spec, smoothing_impl):
+    result = ref.cross_check(load_config(spec), smoothing_impl=smoothing_impl)
     assert result["loss_rel"] < 1e-4, result
     assert result["grad_norm_rel"] < 1e-4, result
     assert result["grad_diff_rel"] < 1e-4, result
