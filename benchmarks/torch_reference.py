@@ -68,6 +68,11 @@ Every mode: one untimed call, then ``repeats`` timed calls (median), each starti
 initial models and optimizer state (restored outside the timer). Flush-to-zero of denormals
 (``torch.set_flush_denormal``) is on by default (``--no-ftz`` turns it off); each result row says
 whether it was on (``torch_ftz``) and the thread count (``torch_threads``).
+
+Threads on a shared machine: PyTorch's CPU kernels run on OpenMP threads that spin at their
+barriers, so when other processes keep the cores busy, ``threads = os.cpu_count()`` can run several
+times slower than ``--threads 1`` (seen on this project's 2-core machine); compare modes only
+within one run, and prefer an idle machine for recorded figures.
 """
 
 from __future__ import annotations
