@@ -101,28 +101,31 @@ def timed(fn, repeats: int) -> float:
 
 README_HEAD = """# Benchmarks
 
-## `seeds_throughput.py`: many seeds at once vs one after another
+## `seeds_throughput.py`: many seeds at once vs one after another, and PyTorch
 
 Seed-steps per second (one seed-step = one Adam step of one seed on one batch) of the same per-seed
-training function run three ways in the same process on the same device-resident data:
-**vmap** (what the sweep does), **loop** (one jitted call per seed, one after another) and
-**map** (`lax.map` over seeds). Median of the timed repeats, after one untimed compile-and-warm-up
-call. Regenerate: `python benchmarks/seeds_throughput.py` (writes `results/<device>.json`, then
-this table from every JSON in `results/`).
+training function run several ways in the same process on the same device-resident data:
+**sweep** (the seed layout the sweep picks by itself, `sweep.plan_layout`), **vmap** (all N seeds
+in one vmap), **loop** (one jitted call per seed, one after another) and **map** (`lax.map` over
+seeds); with `--torch`, the same model, loss and data shapes in PyTorch
+(`benchmarks/torch_reference.py`, the `bench` extra): **torch_eager** (the thesis' way: eager,
+float32, NCHW, one seed after another), **torch_eager_cl** (channels_last), **torch_compile**
+(`torch.compile`, compile time excluded) and **torch_vmap** (`torch.func.stack_module_state` +
+`vmap`; BatchNorm running statistics update per model under it). Median of the timed repeats,
+after one untimed compile-and-warm-up call. MFU and BW are the sweep's achieved fraction of the
+peak FLOP/s and memory bandwidth, from the analytic FLOPs and minimum bytes per seed-step
+(`cmseg_jax/cost.py`); on a CPU the peaks are a 2048² float32 matmul and a 256 MiB copy timed
+in the same run, on an accelerator the datasheet. Regenerate: `python
+benchmarks/seeds_throughput.py [--torch]` (writes `results/<device>.json`, then this page from
+every JSON in `results/`); `bash benchmarks/accelerator.sh` records every accelerator figure in
+one run.
 
 **Reading the CPU numbers.** On a 2-core CPU one seed with a batch of 16 already keeps both cores
-busy, so running seeds side by side cannot add arithmetic throughput; what vmap can do there is
-remove per-call overhead, and what it costs is a working set N× larger (the 9×9 depthwise
-shift-and-add then misses cache). The N = 1 row runs identical work in all three modes, so its
-spread (up to 17 % across recordings) is the run-to-run noise of the machine. Within that noise vmap
-and the loop are level on this CPU, with vmap 0.88× the loop at N = 8 in the recorded run (0.89× in
-the previous one): the target of ≥ 1.0× at N = 8 is **not** met here. Absolute rates drift between
-recordings on this shared machine: the recorded run is about 18 % slower in every mode than the
-previous recording (N = 8: vmap 3.09, loop 3.46). A one-off A/B of the vmapped step in one process,
-`train.py` of commit 0bea7ba (diverged-seed masking) against its parent, measured 1.016× (2.50 vs
-2.46 seed-steps/s, N = 8), so the drift is the machine, not the code. The case for vmapping seeds is
-the accelerator, where one seed leaves most of the device idle; no accelerator figure is recorded
-yet.
+busy, so running seeds side by side cannot add arithmetic throughput; vmapping seeds there only
+makes the working set N× larger. The sweep therefore runs one seed per chunk on a CPU (`lax.map`
+over seeds: one compiled call, no per-seed dispatch), and vmaps as many seeds as fit on an
+accelerator, where one seed leaves most of the device idle. This machine is shared: absolute rates
+drift by up to ±20 % between recordings; compare modes within one recording.
 """
 
 

@@ -181,8 +181,14 @@ def test_seeds_sharded_over_four_devices_equal_one_device(full_three_seeds, tmp_
     _check_outputs(tmp_path, seeds=[0, 1, 2], epochs=2)
     _assert_same_results(tmp_path, full_three_seeds)
     a, b = np.load(tmp_path / "final_stats.npz"), np.load(full_three_seeds / "final_stats.npz")
-    for key in ("confusion", "cls_confusion", "hist_liver", "hist_background"):
+    for key in ("confusion", "cls_confusion"):
         np.testing.assert_array_equal(a[key], b[key])
+    # The per-device program is partitioned differently from the one-device vmap; float32
+    # rounding can move a pixel's score across a histogram bin edge (seen: 1 pixel of 16,384),
+    # never change a count.
+    for key in ("hist_liver", "hist_background"):
+        np.testing.assert_array_equal(a[key].sum(-1), b[key].sum(-1))
+        np.testing.assert_allclose(np.cumsum(a[key], -1), np.cumsum(b[key], -1), atol=2)
 
 
 def test_sharded_chunks_and_resume_on_another_device_count(full_three_seeds, tmp_path):
