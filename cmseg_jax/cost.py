@@ -8,8 +8,8 @@ loops run exactly once.
 FLOPs: 2 per multiply-add of every matmul and convolution (the convention of MFU figures);
 elementwise work (GELU, BatchNorm, Adam) is not counted. A training step is the forward pass,
 the input gradients (1× forward) and the weight gradients (1× forward) of every layer, plus the
-recomputation ``model.remat`` adds (the mixer layers once more) and the fused decoder's extra
-passes (its transposed conv 6× instead of 3×, see ``models/decoder.py``).
+recomputation ``model.remat`` adds (the scanned mixer layers once more) and the fused decoder's
+extra passes (its transposed conv 6× instead of 3×, see ``models/decoder.py``).
 
 Bytes: the traffic to and from memory an ideal implementation cannot avoid, in the compute
 dtype: every activation tensor written once and read twice in the forward pass (BatchNorm reads
@@ -99,9 +99,9 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
     # the smoothing has no weights.
     total = 3.0 * sum(f.values()) - f["embed"] - f.get("smoothing", 0.0)
     if config.model.remat:
+        # The scanned mixer layers are recomputed; XLA merges the plain decoder block's
+        # recomputation with its forward pass (it sits outside any loop).
         total += f["depthwise"] + f["pointwise"]
-        if not _fused(config) and "decoder" in f:
-            total += f["decoder"] + f["classifier"]
     if _fused(config):
         # Statistics pass + logits pass forward; two recomputations in the backward pass.
         total += 3.0 * f["decoder"] + 2.0 * f["classifier"]

@@ -21,8 +21,28 @@ def _xla_cost(config):
     return analysis[0] if isinstance(analysis, list | tuple) else analysis
 
 
-# XLA counts a loop body once, so the model is checked where every loop runs once (depth 1, the
-# decoder in one chunk or plain).
+# XLA counts a loop body once, so the model is checked where every loop runs once: depth 1, the
+# decoder in one chunk or plain. FLOPs at thesis size, where matmuls dominate (at smaller widths
+# XLA's count of elementwise work, one FLOP per element of GELU, BatchNorm, Adam and the
+# shift-and-add depthwise conv, grows to half the total). Bytes with the depthwise conv as one
+# convolution (compiled, never run): the shift-and-add form reads its input once per tap, which
+# XLA counts 81 times over although it comes from cache.
+@pytest.mark.parametrize(
+    "spec, model",
+    [
+        ("configs/cam_beta.py", {"depth": 1, "remat": False, "decoder_chunk": 0}),
+        ("configs/full_ce.py", {"depth": 1, "remat": True, "decoder_chunk": 0}),
+        ("configs/ablation_no_gs.py", {"depth": 1, "remat": False, "decoder_chunk": 16}),
+    ],
+)
+def test_flops_agree_with_xla_cost_analysis(spec, model):
+    config = load_config(spec)
+    config.model.update(model)
+    xla = _xla_cost(config)
+    # XLA also counts elementwise ops; the model only matmuls and convolutions.
+    assert 0.9 <= xla["flops"] / cost.train_step_flops(config) <= 1.25
+
+
 @pytest.mark.parametrize(
     "spec, model",
     [
@@ -30,17 +50,13 @@ def _xla_cost(config):
         ("configs/cam_beta.py:cpu", {"depth": 1, "remat": True, "decoder_chunk": 16}),
         ("configs/full_ce.py:cpu", {"depth": 1, "remat": True, "decoder_chunk": 0}),
         ("configs/ablation_no_gs_bilinear.py:cpu", {"depth": 1, "remat": False}),
-        ("configs/ablation_no_gs.py", {"depth": 1, "remat": False, "decoder_chunk": 0}),
     ],
 )
-def test_model_agrees_with_xla_cost_analysis(spec, model):
+def test_minimum_bytes_are_a_floor_of_xla_bytes_accessed(spec, model):
     config = load_config(spec)
-    config.model.update(model)
+    config.model.update(model, depthwise_impl="conv")
     xla = _xla_cost(config)
-    # XLA also counts elementwise ops (GELU, BatchNorm, Adam: a few % of the FLOPs at these
-    # widths, more at smaller ones), the model only matmuls and convs.
-    assert 0.9 <= xla["flops"] / cost.train_step_flops(config) <= 1.25
-    # The model is a floor of the traffic; XLA counts every fusion's operands and outputs.
+    # XLA counts every fusion's operands and outputs, layout copies included.
     assert 1.0 <= xla["bytes accessed"] / cost.train_step_bytes(config) <= 4.5
 
 
