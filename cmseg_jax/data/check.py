@@ -115,7 +115,11 @@ def scan_files(data_dir) -> Layout:
         if any(part.startswith(".") for part in path.relative_to(data_dir).parts):
             continue
         m = lits._FILE_RE.match(path.name)
-        if m is None or not path.is_file():
+        if m is None:
+            continue
+        problem = lits.not_a_file(path)
+        if problem:
+            errors.append(f"{path}: {problem}")
             continue
         kind, n = m.group(1), int(m.group(2))
         if n in found[kind]:

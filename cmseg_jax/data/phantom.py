@@ -55,6 +55,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from cmseg_jax import io_utils
+
 logger = logging.getLogger(__name__)
 
 # Bump whenever the generator's output changes, so cached datasets are regenerated.
@@ -930,12 +932,8 @@ def generate_volume(
 
 def _save_nifti_atomic(img: nib.Nifti1Image, path: pathlib.Path) -> None:
     """Saves next to path under a hidden temporary name, then renames (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{''.join(path.suffixes)}")
-    try:
+    with io_utils.atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
@@ -1022,6 +1020,7 @@ def ensure_phantom(
     if (final / _MANIFEST).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    io_utils.remove_orphans(root, min_age_s=24 * 3600)  # left by generators killed long ago
     tmp = root / f".{key}.{uuid.uuid4().hex}.tmp"
     logger.info("Generating %d phantom volumes of shape %s in %s", num_volumes, shape, final)
     try:

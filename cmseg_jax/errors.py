@@ -1,0 +1,195 @@
+"""Mistakes and failures as one line on stderr with an exit status; SIGINT / SIGTERM handling.
+
+Every command-line entry point (sweep, report, predict, data.check, the phantom writer, the TFDS
+build) ends an expected failure with one line on stderr, ``error: <flag, field or file>: <what is
+wrong>``, and an exit status:
+
+* 2 -- a usage mistake: a flag, a config field, a workdir that holds another run;
+* 1 -- a data or I/O failure: a data file, a checkpoint, the workdir, a full disk;
+* 130 / 143 -- interrupted by SIGINT (Ctrl-C) / SIGTERM.
+
+``--debug`` adds the traceback. An exception not recognised here is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+
+EXIT_DATA = 1
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A flag, config field or argument is wrong (exit status 2); the message names it."""
+
+    exit_code = EXIT_USAGE
+
+
+class IOFailure(RuntimeError):
+    """A file, checkpoint or the disk failed (exit status 1); the message names the path."""
+
+    exit_code = EXIT_DATA
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM ended the command (exit status 128 + the signal number).
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that ``except Exception`` clauses on the
+    way up do not swallow it.
+    """
+
+    def __init__(self, signum: int, message: str = ""):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(message or "stopped")
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes and contexts, and the members of exception groups, each once."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
+
+
+def _oserror_text(e: OSError) -> str:
+    what = e.strerror or first_line(e)
+    if e.filename is not None and e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {what}"
+    return f"{e.filename}: {what}" if e.filename is not None else what
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or anything in its chain) says the disk or a quota is full."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+    return False
+
+
+def os_reason(exc: BaseException) -> str:
+    """The one-line reason of an I/O failure: the first ``OSError`` of the chain, else the
+    first line of ``exc``."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.strerror:
+            return _oserror_text(e)
+    if disk_full(exc):
+        return "No space left on device"
+    return first_line(exc)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return " ".join(text.splitlines()[0].split())
+
+
+def describe(exc: BaseException) -> tuple[int, str] | None:
+    """(exit status, one-line message) of an expected failure; None for anything else (a bug)."""
+    from cmseg_jax.data.lits import DataError  # lits imports nothing from here
+
+    if isinstance(exc, Interrupted):
+        return exc.exit_code, f"interrupted ({exc.signal_name}): {first_line(exc)}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + signal.SIGINT, "interrupted (SIGINT)"
+    if isinstance(exc, UsageError | IOFailure | DataError):
+        return exc.exit_code if hasattr(exc, "exit_code") else EXIT_DATA, first_line(exc)
+    if isinstance(exc, OSError):
+        return EXIT_DATA, _oserror_text(exc)
+    if disk_full(exc):
+        return EXIT_DATA, os_reason(exc)
+    return None
+
+
+def report(exc: BaseException, debug: bool = False) -> int:
+    """Prints ``exc`` as one line on stderr (with its traceback first if ``debug``); returns the
+    exit status. Re-raises an exception that :func:`describe` does not recognise."""
+    described = describe(exc)
+    if described is None:
+        raise exc
+    code, line = described
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    prefix = "" if line.startswith("interrupted") else "error: "
+    print(f"{prefix}{line}", file=sys.stderr, flush=True)
+    return code
+
+
+@contextlib.contextmanager
+def cli(debug: bool = False) -> Iterator[None]:
+    """Runs a command's body: an expected failure becomes one line and ``sys.exit(status)``."""
+    try:
+        yield
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 -- describe() sorts expected from unexpected
+        if describe(e) is None:
+            raise
+        code = report(e, debug)
+        sys.exit(code)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM during a run: deferred to a safe point, or immediate.
+
+    Inside :meth:`deferred` a first signal is only recorded (:attr:`signum`); the run checks
+    :attr:`requested` at its safe points (after a compiled call, after a checkpoint), writes a
+    checkpoint and raises :class:`Interrupted`. Outside it, or on a second signal, the handler
+    raises :class:`Interrupted` at once. Installed only in the main thread.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._deferring = False
+        self._old: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        if self._deferring and self.signum is None:
+            self.signum = signum
+            return
+        raise Interrupted(signum, "stopped before the next checkpoint")
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def stop(self, message: str) -> Interrupted:
+        """The :class:`Interrupted` to raise for the recorded signal."""
+        return Interrupted(self.signum or signal.SIGINT, message)
