@@ -51,7 +51,7 @@ def tree_digests(tree: Any) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _quiet_orbax():
-    """Orbax logs a corrupt file's content at ERROR; the caller reports it in one line."""
+    """Orbax logs failures (with tracebacks) at ERROR; the caller reports them in one line."""
     logger = py_logging.getLogger("absl")
     level = logger.level
     logger.setLevel(py_logging.CRITICAL)
@@ -85,6 +85,8 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
+                # Every save is awaited at once: no background thread, errors where they happen.
+                enable_async_checkpointing=False,
                 create=create,
                 cleanup_tmp_directories=create,
                 read_only=not create,
@@ -108,12 +110,13 @@ class Checkpointer:
         """
         digests = tree_digests(state)
         try:
-            self._manager.save(
-                epoch,
-                args=ocp.args.StandardSave(state),
-                custom_metadata={CHECKSUM_KEY: digests},
-            )
-            self._manager.wait_until_finished()
+            with _quiet_orbax():
+                self._manager.save(
+                    epoch,
+                    args=ocp.args.StandardSave(state),
+                    custom_metadata={CHECKSUM_KEY: digests},
+                )
+                self._manager.wait_until_finished()
         except Exception as e:
             raise errors.IOFailure(
                 f"{self.directory / str(epoch)}: could not write the checkpoint "

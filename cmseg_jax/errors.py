@@ -149,15 +149,15 @@ def cli(debug: bool = False) -> Iterator[None]:
 class StopSignals:
     """SIGINT and SIGTERM during a run: deferred to a safe point, or immediate.
 
-    Inside :meth:`deferred` a first signal is only recorded (:attr:`signum`); the run checks
-    :attr:`requested` at its safe points (after a compiled call, after a checkpoint), writes a
-    checkpoint and raises :class:`Interrupted`. Outside it, or on a second signal, the handler
-    raises :class:`Interrupted` at once. Installed only in the main thread.
+    While :attr:`deferring` is set, a first signal is only recorded (:attr:`signum`); the run
+    checks :attr:`requested` at its safe points (after a compiled call, after a checkpoint),
+    writes a checkpoint and raises :class:`Interrupted`. Otherwise, or on a second signal, the
+    handler raises :class:`Interrupted` at once. Installed only in the main thread.
     """
 
     def __init__(self):
         self.signum: int | None = None
-        self._deferring = False
+        self.deferring = False
         self._old: dict[int, object] = {}
 
     @property
@@ -166,10 +166,12 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         del frame
-        if self._deferring and self.signum is None:
+        if self.deferring and self.signum is None:
             self.signum = signum
             return
-        raise Interrupted(signum, "stopped before the next checkpoint")
+        raise Interrupted(
+            signum, "stopped; rerun the same command to resume from the last checkpoint"
+        )
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -181,14 +183,6 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
 
     def stop(self, message: str) -> Interrupted:
         """The :class:`Interrupted` to raise for the recorded signal."""

@@ -46,6 +46,10 @@ def atomic_path(path: str | pathlib.Path) -> Iterator[pathlib.Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or e.filename == str(tmp):  # name the file, not its stand-in
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
