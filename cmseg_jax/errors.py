@@ -13,6 +13,7 @@ wrong>``, and an exit status:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import signal
@@ -144,6 +145,32 @@ def cli(debug: bool = False) -> Iterator[None]:
             raise
         code = report(e, debug)
         sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with a ``--debug`` flag and one-line usage errors (exit status 2)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--debug", action="store_true", help="on an error, print its traceback too"
+        )
+
+    def error(self, message: str):
+        print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
+
+
+def run_main(body, args) -> int:
+    """``body(args)`` with expected failures as one line; returns the exit status."""
+    try:
+        return body(args) or 0
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 -- describe() sorts expected from unexpected
+        if describe(e) is None:
+            raise
+        return report(e, getattr(args, "debug", False))
 
 
 class StopSignals:

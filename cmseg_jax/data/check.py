@@ -42,7 +42,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from cmseg_jax import volume_io
+from cmseg_jax import errors, volume_io
 from cmseg_jax.data import lits
 from cmseg_jax.data.lits import DataError
 
@@ -310,7 +310,7 @@ def _range(text: str) -> tuple[float, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (module docstring). Returns 1 if any error was found, else 0."""
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m cmseg_jax.data.check",
         description="Check a LiTS-format directory (volume-N / segmentation-N NIfTI files).",
     )
@@ -319,10 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hu_max", type=_range, default=HU_MAX_RANGE, help="LO,HI for max HU")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
-    layout, reports, _ = check_directory(
-        args.data_dir, args.hu_min, args.hu_max, progress=args.progress
-    )
-    return 1 if num_errors(layout, reports) else 0
+
+    def body(args) -> int:
+        layout, reports, _ = check_directory(
+            args.data_dir, args.hu_min, args.hu_max, progress=args.progress
+        )
+        return 1 if num_errors(layout, reports) else 0
+
+    return errors.run_main(body, args)
 
 
 if __name__ == "__main__":
