@@ -89,7 +89,6 @@ class Checkpointer:
                 enable_async_checkpointing=False,
                 create=create,
                 cleanup_tmp_directories=create,
-                read_only=not create,
             ),
         )
 

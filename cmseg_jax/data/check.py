@@ -321,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body(args) -> int:
+        if not pathlib.Path(args.data_dir).is_dir():
+            raise DataError(f"{args.data_dir}: not a directory")
         layout, reports, _ = check_directory(
             args.data_dir, args.hu_min, args.hu_max, progress=args.progress
         )

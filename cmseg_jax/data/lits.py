@@ -643,9 +643,13 @@ def load_splits(
                 return sets
 
     split = split_cases([c[0] for c in cases], fractions, split_seed)
-    for name in SPLITS:
-        if not split[name] and fractions[SPLITS.index(name)] > 0:
-            logger.warning("Split %r is empty (%d volumes in total)", name, len(cases))
+    empty = [name for name in SPLITS if not split[name] and fractions[SPLITS.index(name)] > 0]
+    if empty:
+        raise _error(
+            data_dir,
+            f"{len(cases)} volume(s) leave the {' and '.join(empty)} split empty; "
+            "at least 3 volumes are needed, one per split",
+        )
     by_id = {c[0]: c for c in cases}
     sets = {}
     sample = dict(
