@@ -238,6 +238,12 @@ CASES = [
     sweep("dir_as_volume", LITS, 1, ("volume-7.nii.gz", "a directory"), directory_as_volume),
     sweep("one_volume", LITS, 1, ("at least 3 volumes",), one_volume),
     sweep("no_segmentation", LITS, 1, ("volume-2.nii.gz", "no segmentation"), no_segmentation),
+    sweep(
+        "tfds_not_built",
+        ("--config.data.source=tfds", "--config.data.tfds_dir={tmp}/t"),
+        1,
+        ("dataset not built", "tfds_build"),
+    ),
     sweep("workdir_under_a_file", ("--workdir={tmp}/file/w",), 1, ("not a directory",), a_file),
     sweep("garbage_config_json", (), 1, ("config.json", "unreadable"), garbage_config),
     # report.
