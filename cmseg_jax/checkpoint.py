@@ -81,16 +81,25 @@ class Checkpointer:
     ):
         self.workdir = pathlib.Path(workdir).absolute()
         self.directory = self.workdir / subdir
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
-                # Every save is awaited at once: no background thread, errors where they happen.
-                enable_async_checkpointing=False,
-                create=create,
-                cleanup_tmp_directories=create,
-            ),
+        self._options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            # Every save is awaited at once: no background thread, errors where they happen.
+            enable_async_checkpointing=False,
+            create=create,
+            cleanup_tmp_directories=create,
         )
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        with _quiet_orbax():  # it warns about each step directory without metadata
+            return ocp.CheckpointManager(self.directory, options=self._options)
+
+    def _reopen(self) -> None:
+        """A fresh Orbax manager: a failed restore can leave the old one unable to restore or
+        save anything else."""
+        with _quiet_orbax():
+            self._manager.close()
+        self._manager = self._open()
 
     def epochs(self) -> list[int]:
         """The epochs with a checkpoint directory, oldest first (intact or not)."""
@@ -189,6 +198,7 @@ class Checkpointer:
                 line = errors.first_line(e)
                 if quarantine:
                     line += f"; moved to {self.quarantine(epoch)}"
+                self._reopen()
                 report(line)
         return None, None
 
@@ -202,7 +212,6 @@ class Checkpointer:
             n += 1
             dest = dest_dir / f"{name}.{n}"
         shutil.move(str(self.directory / str(epoch)), str(dest))
-        self._manager.reload()
         return dest
 
     def close(self) -> None:
