@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from cmseg_jax import errors
 
 CHECKSUM_KEY = "sha256"
+SIGNATURE_KEY = "arrays"
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
@@ -122,7 +123,7 @@ class Checkpointer:
                 self._manager.save(
                     epoch,
                     args=ocp.args.StandardSave(state),
-                    custom_metadata={CHECKSUM_KEY: digests},
+                    custom_metadata={CHECKSUM_KEY: digests, SIGNATURE_KEY: tree_signature(state)},
                 )
                 self._manager.wait_until_finished()
         except Exception as e:
@@ -149,16 +150,23 @@ class Checkpointer:
                 meta = self._manager.metadata(epoch)
             except Exception as e:
                 raise CorruptCheckpoint(f"{path}: unreadable ({errors.first_line(e)})") from e
-            recorded = (meta.custom_metadata or {}).get(CHECKSUM_KEY)
+            custom = meta.custom_metadata or {}
+            recorded = custom.get(CHECKSUM_KEY)
             if recorded is None and meta.commit_timestamp_nsecs is None:
                 raise CorruptCheckpoint(f"{path}: incomplete or unreadable step metadata")
-            if recorded is not None:
-                wanted = tree_paths(like)
-                if set(recorded) != wanted:
-                    raise errors.IOFailure(
-                        f"{path}: holds a different state structure ({len(recorded)} arrays, "
-                        f"expected {len(wanted)}); written by another version of the model?"
-                    )
+            signature = custom.get(SIGNATURE_KEY)
+            wanted = tree_signature(like)
+            if recorded is not None and set(recorded) != set(wanted):
+                raise errors.IOFailure(
+                    f"{path}: holds a different state structure ({len(recorded)} arrays, "
+                    f"expected {len(wanted)}); written by another version or config?"
+                )
+            if signature is not None and signature != wanted:
+                key = next(k for k in sorted(wanted) if signature.get(k) != wanted[k])
+                raise errors.IOFailure(
+                    f"{path}: array {key} is {signature.get(key)}, expected {wanted[key]}; "
+                    "written by another config?"
+                )
             try:
                 restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
             except Exception as e:
@@ -271,9 +279,12 @@ class InterruptedCheckpoint:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def tree_paths(tree: Any) -> set[str]:
-    """The tree paths of ``tree``'s leaves, as :func:`tree_digests` keys them."""
-    return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def tree_signature(tree: Any) -> dict[str, str]:
+    """Tree path -> ``dtype(shape)`` of every leaf (arrays or shape-dtype structs)."""
+    return {
+        jax.tree_util.keystr(p): f"{np.dtype(x.dtype).name}{tuple(int(d) for d in x.shape)}"
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def select_seed(stacked_state: Any, index: int) -> Any:

@@ -584,7 +584,11 @@ def _save_cache(path: pathlib.Path, sets: dict[str, SliceSet], params: dict) -> 
         ),
         "params": np.array(json.dumps(params, sort_keys=True)),
     }
-    io_utils.write_npz(path, **arrays)
+    try:
+        io_utils.write_npz(path, **arrays)
+    except OSError as e:  # a cache that cannot be written (a full disk) is only slower
+        logger.warning("Slices not cached (%s: %s)", e.filename, e.strerror)
+        return
     # Leftovers of writers killed long ago (a shared cache: never those of a live writer).
     io_utils.remove_orphans(path.parent, min_age_s=24 * 3600)
 
