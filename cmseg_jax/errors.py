@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 EXIT_DATA = 1
 EXIT_USAGE = 2
@@ -171,6 +172,76 @@ def run_main(body, args) -> int:
         if describe(e) is None:
             raise
         return report(e, getattr(args, "debug", False))
+
+
+def last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    line = lines[-1] if lines else type(exc).__name__
+    head, sep, rest = line.partition(": ")
+    return rest if sep and head.isidentifier() and head.endswith("Error") else line
+
+
+def _flag_error(exc: BaseException, argv: Sequence[str]) -> str:
+    """One line for a command line that does not parse, naming the flag."""
+    import ml_collections
+
+    from cmseg_jax.config_base import load_config_file
+
+    spec = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            spec = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+    overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if spec and overrides:
+        try:
+            config = load_config_file(spec)
+        except Exception:  # reported below through absl's own message
+            config = None
+        for name in overrides if config is not None else ():
+            node = config
+            for part in name.split(".")[1:]:
+                if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                    group = isinstance(node, ml_collections.ConfigDict)
+                    fields = ", ".join(sorted(node.keys())) if group else ""
+                    return f"--{name}: no such config field" + (
+                        f" (there: {fields})" if fields else ""
+                    )
+                node = node[part]
+    text = str(exc)
+    line = last_line(exc) if "Traceback" in text else first_line(exc)
+    if "Traceback" in text and spec:
+        line = f"--config={spec}: {line}"
+    return line.removeprefix("flag ")
+
+
+def parse_absl_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error (exit status 2) instead of its usage text.
+
+    An unknown ``--config.<field>`` override is named with the fields that do exist there.
+    """
+    from absl import flags
+
+    try:
+        return flags.FLAGS(list(argv))
+    except Exception as e:  # flag syntax, a config file that raises, a config override
+        if "--debug" in argv:
+            traceback.print_exception(e, file=sys.stderr)
+        print(f"error: {_flag_error(e, argv)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
+
+
+def guarded(main, debug_flag):
+    """An absl ``main`` with its expected failures turned into one line and an exit status;
+    ``debug_flag`` is the absl flag holder of ``--debug``."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        with cli(debug=debug_flag.value):
+            return main(argv)
+
+    return wrapped
 
 
 class StopSignals:

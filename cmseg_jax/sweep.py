@@ -23,7 +23,6 @@ import os
 import pathlib
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 
 import jax
@@ -38,7 +37,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from cmseg_jax import checkpoint, errors, io_utils, results, validate
-from cmseg_jax.config_base import get_base_config, load_config_file
+from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
@@ -673,73 +672,16 @@ def _load_config() -> ml_collections.ConfigDict:
         if config is not None:
             config.get("num_seeds")  # a config that failed to load raises on first use
     except Exception as e:
-        raise errors.UsageError(f"--config: cannot load the config file ({_last_line(e)})") from e
+        raise errors.UsageError(
+            f"--config: cannot load the config file ({errors.last_line(e)})"
+        ) from e
     if config is None:
         raise errors.UsageError("--config is required, e.g. --config configs/cam_beta.py")
     return config
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    line = lines[-1] if lines else type(exc).__name__
-    head, sep, rest = line.partition(": ")
-    return rest if sep and head.isidentifier() and head.endswith("Error") else line
-
-
-def _flag_error(exc: BaseException, argv: Sequence[str]) -> str:
-    """One line for a command line that does not parse, naming the flag."""
-    spec = None
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            spec = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            spec = argv[i + 1]
-    overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    if spec and overrides:
-        try:
-            config = load_config_file(spec)
-        except Exception:  # reported below through absl's own message
-            config = None
-        for name in overrides if config is not None else ():
-            node = config
-            for part in name.split(".")[1:]:
-                if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                    fields = ", ".join(sorted(node)) if isinstance(node, dict) else ""
-                    return f"--{name}: no such config field" + (
-                        f" (there: {fields})" if fields else ""
-                    )
-                node = node[part]
-    text = str(exc)
-    line = _last_line(exc) if "Traceback" in text else errors.first_line(exc)
-    if "Traceback" in text and spec:
-        line = f"--config={spec}: {line}"
-    return line.removeprefix("flag ")
-
-
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing, with a one-line error (exit status 2) instead of its usage text."""
-    try:
-        return flags.FLAGS(list(argv))
-    except Exception as e:  # flag syntax, a config file that raises, a config override
-        if "--debug" in argv:
-            traceback.print_exception(e, file=sys.stderr)
-        print(f"error: {_flag_error(e, argv)}", file=sys.stderr, flush=True)
-        sys.exit(errors.EXIT_USAGE)
-
-
-def _guarded(fn):
-    """``fn`` with its expected failures turned into one line and an exit status."""
-
-    @functools.wraps(fn)
-    def wrapped(argv):
-        with errors.cli(debug=_DEBUG.value):
-            return fn(argv)
-
-    return wrapped
-
-
 def entry() -> None:
-    app.run(_guarded(main), flags_parser=_parse_flags)
+    app.run(errors.guarded(main, _DEBUG), flags_parser=errors.parse_absl_flags)
 
 
 if __name__ == "__main__":
