@@ -117,6 +117,11 @@ def describe(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_DATA, _oserror_text(exc)
     if disk_full(exc):
         return EXIT_DATA, os_reason(exc)
+    if "RESOURCE_EXHAUSTED" in str(exc) and "memory" in str(exc).lower():
+        return EXIT_DATA, (
+            f"the device ran out of memory ({first_line(exc)[:200]}); train fewer seeds at "
+            "once with --config.train.seed_chunk=K, or a smaller batch"
+        )
     return None
 
 

@@ -555,6 +555,17 @@ def test_every_checkpoint_records_its_checksums(finished):
     assert len(digests) > 10 and all(len(v) == 64 for v in digests.values())
 
 
+def test_a_failed_start_does_not_block_the_corrected_command(tmp_path):
+    from cmseg_jax.sweep import _check_workdir
+
+    # A workdir whose run never trained (e.g. written by a start that failed on its data).
+    (tmp_path / "config.json").write_text(json.dumps({"seeds": [0], "data": {"dir": "/bad"}}))
+    _check_workdir(tmp_path, {"seeds": [0], "data": {"dir": "/good"}})
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)  # once it trained, it is protected
+    with pytest.raises(errors.UsageError, match="different settings"):
+        _check_workdir(tmp_path, {"seeds": [0], "data": {"dir": "/good"}})
+
+
 def test_outputs_respect_the_umask(tmp_path):
     from cmseg_jax import io_utils
 
