@@ -291,8 +291,10 @@ def _read_axial_hu(pair: _Pair, z_index: np.ndarray) -> np.ndarray:
     try:
         # A gzip stream cannot seek backwards cheaply: decompress it once.
         source = pair.volume.dataobj
-        if path.suffix == ".gz" or _may_hold_non_finite(pair.volume):
+        may_be_non_finite = _may_hold_non_finite(pair.volume)
+        if path.suffix == ".gz" or may_be_non_finite:
             source = np.asanyarray(source)
+        if may_be_non_finite:
             # Refused like data.check does, whether or not the bad voxels are in a picked slice.
             check_finite(source, path)
         for k in stored:
