@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import pathlib
 import re
@@ -46,7 +47,7 @@ import numpy as np
 from jax import lax
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, metrics, volume_io
+from cmseg_jax import checkpoint, errors, metrics, volume_io
 from cmseg_jax.data import lits
 from cmseg_jax.data.lits import DataError
 from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
@@ -67,9 +68,12 @@ def read_config(workdir) -> tuple[ml_collections.ConfigDict, list[int]]:
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {workdir} a sweep workdir?")
-    record = json.loads(path.read_text())
-    seeds = [int(s) for s in record.pop("seeds")]
-    return ml_collections.ConfigDict(record), seeds
+    try:
+        record = json.loads(path.read_text())
+        seeds = [int(s) for s in record.pop("seeds")]
+        return ml_collections.ConfigDict(record), seeds
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise errors.IOFailure(f"{path}: not a sweep's config.json ({errors.first_line(e)})") from e
 
 
 def liver_threshold(config: ml_collections.ConfigDict) -> float:
@@ -123,23 +127,41 @@ def load_sweep(workdir, epoch: int | None = None) -> Sweep:
     Returns:
       The :class:`Sweep`.
 
+    Without ``epoch``, the newest intact checkpoint (each corrupt newer one is reported on stderr
+    and skipped; nothing is moved).
+
     Raises:
       FileNotFoundError: no config.json or no checkpoint.
+      UsageError: no checkpoint of ``epoch`` (never written, or pruned).
+      IOFailure: the checkpoint is corrupt (checksums) or no checkpoint is intact.
     """
     workdir = pathlib.Path(workdir)
     config, seeds = read_config(workdir)
-    if not (workdir / "checkpoints").is_dir():  # Checkpointer would create it
+    if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoints")
     trainer = make_train(config, num_train=config.train.batch_size)
     keys = jnp.stack([seed_key(config.root_seed, s) for s in seeds])
     like = jax.eval_shape(jax.vmap(trainer.init), keys)
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = checkpoint.Checkpointer(workdir, create=False)
     try:
+        kept = ckpt.epochs()
+        if not kept:
+            raise FileNotFoundError(f"{ckpt.directory}: no checkpoint")
         if epoch is None:
-            epoch = ckpt.latest_epoch()
+
+            def warn(line: str) -> None:
+                print(f"warning: {line}; using an older one", file=sys.stderr, flush=True)
+
+            epoch, states = ckpt.restore_latest(like, warn, quarantine=False)
             if epoch is None:
-                raise FileNotFoundError(f"{ckpt.directory}: no checkpoint")
-        states = ckpt.restore(int(epoch), like)
+                raise errors.IOFailure(f"{ckpt.directory}: no intact checkpoint")
+        else:
+            if int(epoch) not in kept:
+                raise errors.UsageError(
+                    f"--epoch {epoch}: no checkpoint of that epoch in {ckpt.directory} "
+                    f"(kept: {', '.join(map(str, kept))})"
+                )
+            states = ckpt.restore(int(epoch), like)
     finally:
         ckpt.close()
     return Sweep(
@@ -522,7 +544,7 @@ def write_metrics_csv(path, results: Sequence[CaseResult]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = errors.ArgumentParser(
         prog="python -m cmseg_jax.predict",
         description="Segment the liver in CT volumes (NIfTI) with a trained sweep.",
     )
@@ -549,6 +571,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (module docstring). Returns the exit status: 0 ok, 1 bad data, 2 bad usage."""
     parser = _parser()
     args = parser.parse_args(argv)
+    return errors.run_main(functools.partial(_main, parser), args)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     src, dst = pathlib.Path(args.input), pathlib.Path(args.output)
     directory = src.is_dir()
     if directory and args.label:
@@ -558,20 +584,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not directory and not _NIFTI_RE.search(dst.name):
         parser.error(f"output {dst} must end in .nii or .nii.gz")
     if not directory and not src.exists():
-        print(f"{src}: no such file or directory", file=sys.stderr)
-        return 1
+        raise DataError(f"{src}: no such file or directory")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch_size {args.batch_size}: must be >= 1")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold {args.threshold}: must be in [0, 1]")
+    if args.epoch is not None and args.epoch < 1:
+        parser.error(f"--epoch {args.epoch}: must be >= 1")
     try:
         sweep = load_sweep(args.workdir, args.epoch)
-    except (FileNotFoundError, ValueError) as e:
-        print(e, file=sys.stderr)
-        return 2
+    except FileNotFoundError as e:
+        raise errors.UsageError(f"--workdir {args.workdir}: {e}") from e
     try:
         scorer = ModelScorer(
             sweep, None if args.seed is None else [args.seed], batch_size=args.batch_size
         )
     except ValueError as e:
-        print(e, file=sys.stderr)
-        return 2
+        raise errors.UsageError(str(e)) from e
     kind = f"seed {args.seed}" if args.seed is not None else f"ensemble of seeds {scorer.seeds}"
     threshold = sweep.threshold if args.threshold is None else args.threshold
     print(
@@ -587,20 +616,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=scorer.batch_size,
         progress=args.progress,
     )
-    try:
-        if directory:
-            results = segment_directory(
-                src, dst, scorer, label_dir=args.label_dir, prob_dir=args.prob, **common
-            )
-        else:
-            results = [
-                segment_volume(
-                    src, dst, scorer, prob_path=args.prob, label_path=args.label, **common
-                )
-            ]
-    except DataError as e:
-        print(e, file=sys.stderr)
-        return 1
+    if directory:
+        results = segment_directory(
+            src, dst, scorer, label_dir=args.label_dir, prob_dir=args.prob, **common
+        )
+    else:
+        results = [
+            segment_volume(src, dst, scorer, prob_path=args.prob, label_path=args.label, **common)
+        ]
     for r in results:
         line = f"{r.volume_path} -> {r.out_path}"
         if r.metrics is not None:

@@ -52,6 +52,7 @@ import json
 import math
 import pathlib
 import re
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,7 +61,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats as sps
 
-from cmseg_jax import metrics, stats
+from cmseg_jax import errors, metrics, stats
 
 # Table order (segmentation first, then the image-level "Cls-" metrics) as in results.csv.
 from cmseg_jax.results import RESULT_METRICS, ROW_TITLES, SPLIT_TITLES, SPLITS  # noqa: E402
@@ -137,12 +138,27 @@ class Run:
 
 
 def read_results_csv(path: pathlib.Path) -> dict[int, dict[str, dict[str, float]]]:
-    """``results.csv`` -> seed -> split -> metric -> value (``nan`` parsed as NaN)."""
+    """``results.csv`` -> seed -> split -> metric -> value (``nan`` parsed as NaN).
+
+    Raises:
+        IOFailure: the file is not a results table (naming it and the first bad line).
+    """
     out: dict[int, dict[str, dict[str, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            value = float(row["value"]) if row["value"].strip() else math.nan
-            out.setdefault(int(row["seed"]), {}).setdefault(row["split"], {})[row["metric"]] = value
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        try:
+            missing = {"seed", "split", "metric", "value"} - set(reader.fieldnames or ())
+            if missing:
+                raise KeyError(", ".join(sorted(missing)))
+            for row in reader:
+                value = float(row["value"]) if row["value"].strip() else math.nan
+                split = out.setdefault(int(row["seed"]), {}).setdefault(row["split"], {})
+                split[row["metric"]] = value
+        except (KeyError, ValueError, TypeError, AttributeError, csv.Error) as e:
+            raise errors.IOFailure(
+                f"{path}: line {reader.line_num}: not a results table (columns seed, split, "
+                f"metric, value; {type(e).__name__}: {errors.first_line(e)})"
+            ) from None
     return out
 
 
@@ -229,6 +245,8 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
         FileNotFoundError: neither ``results.csv`` nor a usable ``metrics.jsonl`` exists.
     """
     workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise errors.IOFailure(f"{workdir}: no such directory")
     notes: list[str] = []
     info = _read_json(workdir / "run.json")
     config = _read_json(workdir / "config.json")
@@ -253,7 +271,9 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
     else:
         epoch, complete = last_complete_epoch(epochs)
         if epoch is None:
-            raise FileNotFoundError(f"{workdir}: neither results.csv nor rows in metrics.jsonl")
+            raise errors.IOFailure(
+                f"{workdir}: not a sweep workdir (neither results.csv nor rows in metrics.jsonl)"
+            )
         total = info.get("num_epochs", _nested_get(config, ("train", "epochs")))
         source = f"metrics.jsonl, epoch {epoch}" + (f" of {total}" if total else "")
         if not complete:
@@ -936,9 +956,9 @@ def build_report(
         The report's content as a JSON-ready dict (also written as ``report.json`` for ``json``).
     """
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [pathlib.Path(w) for w in workdirs]
     runs = [load_run(p, n) for p, n in zip(paths, _unique_names(paths), strict=True)]
+    out.mkdir(parents=True, exist_ok=True)
 
     md = [
         "# cmseg_jax report",
@@ -1049,8 +1069,9 @@ def build_report(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI (module docstring). Returns the exit status: 0 ok, 1 unreadable workdir, 2 usage."""
+    parser = errors.ArgumentParser(
         prog="python -m cmseg_jax.report", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
@@ -1072,9 +1093,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="metric the validation-chosen threshold maximises",
     )
     args = parser.parse_args(argv)
+    if not 0.0 < args.alpha < 1.0:
+        parser.error(f"--alpha {args.alpha}: must be between 0 and 1")
+    return errors.run_main(_main, args)
+
+
+def _main(args: argparse.Namespace) -> int:
     build_report(args.run_dirs, args.out, args.format or ["md"], args.alpha, args.threshold_metric)
     print(pathlib.Path(args.out) / "report.md")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import pathlib
+import sys
 
 import numpy as np
 
@@ -68,18 +69,53 @@ def epoch_records(epoch, seeds, train_loss, evals, diverged) -> list[dict]:
 
 
 def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
+    """Adds ``rows`` to ``path`` by rewriting it atomically (the old lines and the new).
+
+    A write that fails (a full disk) or is killed leaves the previous file, never a torn line.
+    """
+    path = pathlib.Path(path)
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    io_utils.write_text(path, old + "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _parse_lines(path: pathlib.Path) -> tuple[list[tuple[str, dict]], int]:
+    """(line, row) of every readable row of ``path`` and the number of lines that are not a JSON
+    object with an epoch (torn by a write cut short)."""
+    out, bad = [], 0
+    for line in pathlib.Path(path).read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            out.append((line, row))
+        else:
+            bad += 1
+    return out, bad
 
 
 def truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
-    """Drops rows of epochs after ``last_epoch`` (logged before a crash, not checkpointed)."""
+    """Drops rows of epochs after ``last_epoch`` (logged before a crash, not checkpointed).
+
+    Unreadable lines (torn by a full disk or a kill) are dropped too, with a one-line warning
+    naming the file, so they never block a resume.
+    """
+    path = pathlib.Path(path)
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in kept if json.loads(line)["epoch"] <= last_epoch]
+    lines, bad = _parse_lines(path)
+    if bad:
+        print(
+            f"warning: {path}: dropped {bad} unreadable line(s) (a write cut short)",
+            file=sys.stderr,
+            flush=True,
+        )
+    kept = [line for line, row in lines if row["epoch"] <= last_epoch]
     io_utils.write_text(path, "".join(line + "\n" for line in kept))
 
 

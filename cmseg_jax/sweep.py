@@ -37,9 +37,9 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, cost, io_utils, results
+from cmseg_jax import checkpoint, cost, errors, io_utils, results, validate
 from cmseg_jax.config_base import get_base_config
-from cmseg_jax.data import dataset, lits
+from cmseg_jax.data import dataset
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
 
@@ -47,21 +47,32 @@ SPLITS = dataset.SPLITS
 
 
 def resolve_seeds(num_seeds: int | None, seeds: str | None, default: int) -> list[int]:
-    """Seeds to train: ``--seeds 3,7`` exactly, else ``range(--num_seeds)``, else the config's."""
-    if seeds:
-        if num_seeds:
-            raise ValueError("give either --seeds or --num_seeds, not both")
+    """Seeds to train: ``--seeds 3,7`` exactly, else ``range(--num_seeds)``, else the config's.
+
+    Raises:
+      UsageError: naming the flag.
+    """
+    if seeds is not None:
+        if num_seeds is not None:
+            raise errors.UsageError("--seeds and --num_seeds: give one of them, not both")
         try:
             out = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
-            raise ValueError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+            raise errors.UsageError(
+                f"--seeds={seeds}: must be comma-separated integers, e.g. 3,7"
+            ) from None
+        if not out:
+            raise errors.UsageError(f"--seeds={seeds}: no seed ids, e.g. 3,7")
         if len(set(out)) != len(out) or any(s < 0 for s in out):
-            raise ValueError(f"--seeds must be distinct non-negative integers, got {seeds!r}")
+            raise errors.UsageError(f"--seeds={seeds}: must be distinct non-negative integers")
         return out
-    n = num_seeds or default
-    if n < 1:
-        raise ValueError(f"--num_seeds must be >= 1, got {n}")
-    return list(range(n))
+    if num_seeds is not None:
+        if num_seeds < 1:
+            raise errors.UsageError(f"--num_seeds={num_seeds}: must be >= 1")
+        return list(range(num_seeds))
+    if isinstance(default, bool) or not isinstance(default, int) or default < 1:
+        raise errors.UsageError(f"config.num_seeds={default!r}: must be an integer >= 1")
+    return list(range(default))
 
 
 class SeedLayout:
@@ -207,17 +218,36 @@ EXECUTION_FIELDS = frozenset(
 )
 
 
+def _holds_a_run(workdir: pathlib.Path) -> bool:
+    """Whether anything was trained or logged in ``workdir`` (a checkpoint or a result file)."""
+    ckpts = workdir / "checkpoints"
+    trained = ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+    logged = any((workdir / n).exists() for n in ("metrics.jsonl", "results.csv", "interrupted"))
+    return trained or logged
+
+
 def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
     """Refuses to mix runs: a workdir holds one config and one seed list.
 
     A field the workdir's ``config.json`` does not have yet (added to the config after that run
     started) is accepted at its default value, so existing workdirs keep resuming. Fields in
-    :data:`EXECUTION_FIELDS` may differ.
+    :data:`EXECUTION_FIELDS` may differ. A workdir without any checkpoint or result (a start
+    that failed) takes the new config.
     """
     path = workdir / "config.json"
-    if not path.exists():
+    if workdir.exists() and not workdir.is_dir():
+        raise errors.IOFailure(f"{workdir}: not a directory (--workdir)")
+    if not path.exists() or not _holds_a_run(workdir):
         return
-    old, new = _flatten(json.loads(path.read_text())), _flatten(record)
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise errors.IOFailure(
+            f"{path}: unreadable ({errors.first_line(e)}); the workdir's run cannot be identified"
+        ) from None
+    old, new = _flatten(old), _flatten(record)
     defaults = _flatten(json.loads(get_base_config().to_json()))
     changed = sorted(
         k
@@ -227,7 +257,7 @@ def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
         and not (k not in old and k in defaults and new.get(k) == defaults[k])
     )
     if changed:
-        raise ValueError(
+        raise errors.UsageError(
             f"{path}: the workdir holds a run with different settings ({', '.join(changed)}); "
             "use a new --workdir or the original command"
         )
@@ -244,7 +274,7 @@ def memory_budget(config: ml_collections.ConfigDict, devices: Sequence) -> tuple
     """Bytes per device to plan for, and where that figure comes from."""
     gb = float(config.train.memory_budget_gb)
     if gb < 0:
-        raise ValueError(f"train.memory_budget_gb must be >= 0, got {gb:g}")
+        raise errors.UsageError(f"train.memory_budget_gb must be >= 0, got {gb:g}")
     if gb > 0:
         return gb * 2**30, f"train.memory_budget_gb={gb:g}"
     device = devices[0]
@@ -389,7 +419,7 @@ def plan_layout(
             planning_a_cpu = devices[0].platform == "cpu" and config.train.memory_budget_gb <= 0
             mode = "map" if planning_a_cpu else "vmap"
         if mode not in ("vmap", "map"):
-            raise ValueError(
+            raise errors.UsageError(
                 "train.seed_layout must be 'auto', 'vmap' or 'map', "
                 f"got {config.train.seed_layout!r}"
             )
@@ -408,7 +438,7 @@ def plan_layout(
     else:
         layout, padded, program = measure(chunk)
     if program + data_bytes > budget:
-        raise ValueError(
+        raise errors.UsageError(
             f"the training step needs {program / 2**30:.2f} GiB + {data_bytes / 2**30:.2f} GiB of "
             f"data per device with {layout.chunk or local} seed(s) per chunk, more than the "
             f"{budget / 2**30:.2f} GiB budget ({source}); try --config.model.dtype=bfloat16, "
@@ -456,21 +486,34 @@ def run(
     workdir: str | pathlib.Path,
     seeds: Sequence[int],
     progress: bool = True,
+    stop: errors.StopSignals | None = None,
 ) -> dict:
     """Trains ``seeds`` of ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+    The config and the data are validated before anything is compiled or written; ``config.json``
+    is written only then. Resuming walks back to the newest intact checkpoint (see
+    :mod:`cmseg_jax.checkpoint`). With ``stop`` (installed SIGINT / SIGTERM handlers) a signal
+    during training finishes the current compiled call, writes a checkpoint and raises
+    :class:`~cmseg_jax.errors.Interrupted`.
 
     Returns:
       {"seeds", "diverged", "table" (split -> metric -> (S,)), "summary" (markdown), "fns"}.
     """
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     seeds = list(seeds)
+    stop = stop or errors.StopSignals()
+    validate.check_config(config)
     record = _config_record(config, seeds)
     _check_workdir(workdir, record)
-    io_utils.write_json(workdir / "config.json", record)
+    _check_writable(workdir)
 
     splits, data_description = dataset.load_dataset(config)
+    sizes = {name: len(splits[name].labels) for name in SPLITS}
+    validate.check_splits(config, sizes)
     print(f"DATA: {data_description}", file=sys.stderr, flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    io_utils.remove_orphans(workdir)
+    io_utils.write_json(workdir / "config.json", record)
     weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
     host_data = {
         # One padded copy serves training (which draws only the real slices) and evaluation.
@@ -499,16 +542,11 @@ def run(
         )
 
     ckpt = checkpoint.Checkpointer(workdir)
+    interrupted = checkpoint.InterruptedCheckpoint(workdir)
     jsonl = workdir / "metrics.jsonl"
-    start = ckpt.latest_epoch() or 0
-    if start:
-        restored = ckpt.restore(start, _take(states, num))
+    start, restored, resume = _resume(ckpt, interrupted, _take(states, num), jsonl)
+    if restored is not None:
         states = jax.device_put(_pad_state(restored, len(keys)), layout.seeds)
-        results.truncate_jsonl(jsonl, start)
-        logging.info("resuming %s after epoch %d", workdir, start)
-        print(f"RESUME: {workdir} after epoch {start}", file=sys.stderr, flush=True)
-    elif jsonl.exists():
-        jsonl.unlink()
 
     epochs = config.train.epochs
     final_evals = None
@@ -521,10 +559,13 @@ def run(
         desc=f"{config.name} × {num} seeds",
         file=sys.stderr,
     )
+    stop.deferring = True  # a signal from here on is honoured at the next safe point
     for epoch in range(start + 1, epochs + 1):
         loss_sum = jnp.zeros((len(keys),), jnp.float32)
         step0 = 0
-        for length in fns.call_lengths:
+        if resume is not None and epoch == start + 1:  # an epoch stopped part-way
+            step0, loss_sum = resume[0], _pad_rows(resume[1], len(keys))
+        for length in _remaining_calls(fns.call_lengths, step0):
             states, out = fns.train[length](
                 states, data["train"], class_weights, jnp.int32(epoch), jnp.int32(step0)
             )
@@ -532,6 +573,13 @@ def run(
             step0 += length
             out["loss_sum"].block_until_ready()
             bar.update(length * num)
+            if stop.requested:
+                loss = np.asarray(loss_sum)[:num]
+                interrupted.save(epoch, step0, _take(states, num), loss)
+                raise stop.stop(
+                    f"checkpoint written in epoch {epoch} after step {step0} of {spe} "
+                    f"({interrupted.directory}); rerun the same command to resume"
+                )
         train_loss = np.asarray(loss_sum)[:num] / spe
         diverged = np.asarray(states.diverged)[:num]
         bar.set_postfix(
@@ -549,6 +597,12 @@ def run(
         if diverged.any():
             logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
         ckpt.save(epoch, _take(states, num))
+        interrupted.clear()
+        if stop.requested:
+            raise stop.stop(
+                f"checkpoint of epoch {epoch} written; rerun the same command to resume"
+            )
+    stop.deferring = False
     bar.close()
     ckpt.close()
 
@@ -557,6 +611,61 @@ def run(
     )
     out["fns"] = fns
     return out
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _check_writable(workdir: pathlib.Path) -> None:
+    """Fails early (before the data are read) if ``workdir`` cannot be created or written."""
+    existing = workdir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise errors.IOFailure(f"{existing}: not a directory (--workdir={workdir})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise errors.IOFailure(f"{existing}: not writable (--workdir={workdir})")
+
+
+def _resume(ckpt, interrupted, like, jsonl: pathlib.Path):
+    """Where a workdir's run stands: (last complete epoch, its state or None, and the
+    ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way)."""
+    had = bool(ckpt.epochs())
+    start, restored = ckpt.restore_latest(like, report=_warn)
+    start = start or 0
+    resume = None
+    num = len(jax.tree_util.tree_leaves(like)[0])
+    part = interrupted.load(start + 1, like, num, report=_warn)
+    if part is not None:
+        restored, resume = part[1], (part[0], part[2])
+    if start or resume is not None:
+        results.truncate_jsonl(jsonl, start)
+        where = f"after epoch {start}"
+        if resume is not None:
+            where += f", in epoch {start + 1} after step {resume[0]}"
+        logging.info("resuming %s %s", jsonl.parent, where)
+        print(f"RESUME: {jsonl.parent} {where}", file=sys.stderr, flush=True)
+    else:
+        if had:
+            _warn(f"{ckpt.directory}: no intact checkpoint left; training from the start")
+        jsonl.unlink(missing_ok=True)
+    return start, restored, resume
+
+
+def _remaining_calls(call_lengths: list[int], done: int) -> list[int]:
+    """The compiled calls of an epoch still to run after ``done`` of its steps."""
+    out, total = [], 0
+    for length in call_lengths:
+        if total >= done:
+            out.append(length)
+        total += length
+    return out
+
+
+def _pad_rows(x, total: int):
+    x = jnp.asarray(x)
+    return jnp.concatenate([x, jnp.zeros((total - x.shape[0],) + x.shape[1:], x.dtype)])
 
 
 def _take(states: TrainState, num: int) -> TrainState:
@@ -675,6 +784,7 @@ _NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Train seeds 0 .. N-1.")
 _SEEDS = flags.DEFINE_string("seeds", None, "Train exactly these seeds, e.g. 3,7.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print params, FLOPs and memory, then exit.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_DEBUG = flags.DEFINE_bool("debug", False, "On an error, print its traceback too.")
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> pathlib.Path | None:
@@ -689,14 +799,14 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> pathlib.Path 
 
 
 def main(argv: Sequence[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise errors.UsageError(f"{argv[1]}: unexpected argument (flags start with --)")
     # Orbax logs every save at INFO; keep the terminal for the progress bar and the summary.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required, e.g. --config configs/cam_beta.py")
+    config = _load_config()
     seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
+    validate.check_config(config)  # before any compilation, the dry run's included
     enable_compilation_cache(config)
     if _DRY_RUN.value:
         info = dry_run(config, len(seeds))
@@ -714,18 +824,30 @@ def main(argv: Sequence[str]) -> None:
         )
         return
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+        raise errors.UsageError("--workdir is required")
     t0 = time.time()
-    try:
-        out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value)
-    except lits.DataError as e:  # a bad data file: its one-line message, not a traceback
-        sys.exit(f"error: {e}")
+    with errors.StopSignals() as stop:
+        out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value, stop=stop)
     print(out["summary"])
     print(f"wrote {_WORKDIR.value} in {time.time() - t0:.0f} s")
 
 
+def _load_config() -> ml_collections.ConfigDict:
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            config.get("num_seeds")  # a config that failed to load raises on first use
+    except Exception as e:
+        raise errors.UsageError(
+            f"--config: cannot load the config file ({errors.last_line(e)})"
+        ) from e
+    if config is None:
+        raise errors.UsageError("--config is required, e.g. --config configs/cam_beta.py")
+    return config
+
+
 def entry() -> None:
-    app.run(main)
+    app.run(errors.guarded(main, _DEBUG), flags_parser=errors.parse_absl_flags)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import uuid
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
+from cmseg_jax import io_utils
 from cmseg_jax.data import lits
 
 # The loader's private pieces are reused on purpose: one implementation of the slice pipeline
@@ -157,6 +157,7 @@ def load_volume(path) -> Volume:
         data = image.get_fdata(dtype=np.float32, caching="unchanged")
     except Exception as e:
         raise lits._error(path, f"unreadable voxel data ({type(e).__name__}: {e})") from e
+    lits.check_finite(data, path)
     ornt = orientations.io_orientation(affine)
     hu = to_canonical(data.reshape(shape3), ornt)
     return Volume(
@@ -261,11 +262,6 @@ def write_like(canonical: np.ndarray, volume: Volume, path, dtype) -> pathlib.Pa
     # The copied header's qform / sform (matrices and codes) stay as they are: nibabel rewrites
     # them only when the affine differs from the header's, and here it is the header's own.
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{uuid.uuid4().hex}.{path.name}")  # same suffix: same format
-    try:
+    with io_utils.atomic_path(path) as tmp:  # same suffix: same format
         nib.save(img, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -248,10 +248,11 @@ def test_resume_after_a_kill_gives_identical_results(tmp_path):
 
 def test_workdir_refuses_a_different_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"seeds": [0], "name": "other"}))
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)  # that run trained an epoch
     proc = run_cli(
         "--config=configs/cam_beta.py:tiny", "--num_seeds=1", f"--workdir={tmp_path}", check=False
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "different settings" in proc.stderr
 
 
@@ -259,6 +260,7 @@ def test_workdir_accepts_fields_added_to_the_config_later(tmp_path):
     older = {"seeds": [0], "name": "x", "data": {"dir": ""}, "train": {"epochs": 2}}
     record = older | {"data": {"dir": "", "tfds_dir": ""}}
     (tmp_path / "config.json").write_text(json.dumps(older))
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)
     _check_workdir(tmp_path, record)  # data.tfds_dir is new, at its default: same run
     for changed in ({"data": {"dir": "", "tfds_dir": "/elsewhere"}}, {"train": {"epochs": 3}}):
         with pytest.raises(ValueError, match="different settings"):

@@ -42,7 +42,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from cmseg_jax import volume_io
+from cmseg_jax import errors, volume_io
 from cmseg_jax.data import lits
 from cmseg_jax.data.lits import DataError
 
@@ -115,7 +115,11 @@ def scan_files(data_dir) -> Layout:
         if any(part.startswith(".") for part in path.relative_to(data_dir).parts):
             continue
         m = lits._FILE_RE.match(path.name)
-        if m is None or not path.is_file():
+        if m is None:
+            continue
+        problem = lits.not_a_file(path)
+        if problem:
+            errors.append(f"{path}: {problem}")
             continue
         kind, n = m.group(1), int(m.group(2))
         if n in found[kind]:
@@ -306,7 +310,7 @@ def _range(text: str) -> tuple[float, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (module docstring). Returns 1 if any error was found, else 0."""
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m cmseg_jax.data.check",
         description="Check a LiTS-format directory (volume-N / segmentation-N NIfTI files).",
     )
@@ -315,10 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hu_max", type=_range, default=HU_MAX_RANGE, help="LO,HI for max HU")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
-    layout, reports, _ = check_directory(
-        args.data_dir, args.hu_min, args.hu_max, progress=args.progress
-    )
-    return 1 if num_errors(layout, reports) else 0
+
+    def body(args) -> int:
+        if not pathlib.Path(args.data_dir).is_dir():
+            raise DataError(f"{args.data_dir}: not a directory")
+        layout, reports, _ = check_directory(
+            args.data_dir, args.hu_min, args.hu_max, progress=args.progress
+        )
+        return 1 if num_errors(layout, reports) else 0
+
+    return errors.run_main(body, args)
 
 
 if __name__ == "__main__":

@@ -37,18 +37,21 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import logging
 import os
 import pathlib
 import re
-import uuid
+import zlib
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
 from scipy import ndimage
+
+from cmseg_jax import io_utils
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ _FILE_RE = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$")
 
 class DataError(ValueError):
     """A data file is missing or malformed. One-line message: '<file>: <what is wrong>'."""
+
+    exit_code = 1  # a data failure, not a usage mistake (cmseg_jax.errors)
 
 
 def _error(path, what: str) -> DataError:
@@ -118,8 +123,11 @@ def find_cases(data_dir) -> list[tuple[int, pathlib.Path, pathlib.Path]]:
         if any(part.startswith(".") for part in rel.parts):
             continue
         m = _FILE_RE.match(path.name)
-        if m is None or not path.is_file():
+        if m is None:
             continue
+        problem = not_a_file(path)
+        if problem:
+            raise _error(path, problem)
         kind, n = m.group(1), int(m.group(2))
         if n in found[kind]:
             raise _error(path, f"duplicate {kind} for case {n} (also {found[kind][n]})")
@@ -137,7 +145,44 @@ def find_cases(data_dir) -> list[tuple[int, pathlib.Path, pathlib.Path]]:
     return cases
 
 
+def not_a_file(path: pathlib.Path) -> str:
+    """Why a path named like a data file cannot be one ('' if it is a readable regular file)."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link (to {os.readlink(path)})"
+    if path.is_dir():
+        return "a directory, not a NIfTI file"
+    if not path.is_file():
+        return "not a regular file"
+    return ""
+
+
+def verify_gzip(path) -> None:
+    """Reads a ``.gz`` file's whole gzip stream, so a bad CRC or a truncated file is an error.
+
+    nibabel reads only the bytes an image needs and never reaches the CRC at the stream's end,
+    so damaged compressed data would otherwise be read as wrong voxels without a complaint.
+
+    Raises:
+      DataError: naming the file.
+    """
+    path = pathlib.Path(path)
+    if path.suffix != ".gz":
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        what = "truncated" if isinstance(e, EOFError) else f"{type(e).__name__}: {e}"
+        raise _error(path, f"corrupt gzip stream ({what}); the file is damaged") from e
+
+
 def _open(path) -> nib.spatialimages.SpatialImage:
+    path = pathlib.Path(path)
+    problem = not_a_file(path)
+    if problem:
+        raise _error(path, problem)
+    verify_gzip(path)
     try:
         img = nib.load(path)
     except Exception as e:  # nibabel raises many types for bad files; all mean "unreadable".
@@ -213,7 +258,23 @@ def _read_hu(pair: _Pair) -> np.ndarray:
         arr = pair.volume.get_fdata(dtype=np.float32, caching="unchanged")
     except Exception as e:
         raise _error(path, f"unreadable voxel data ({type(e).__name__}: {e})") from e
+    check_finite(arr, path)
     return np.ascontiguousarray(_to_canonical(arr, pair))
+
+
+def check_finite(arr: np.ndarray, path) -> None:
+    """Refuses NaN or infinite voxel values (DataError naming the file and the count)."""
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise _error(path, f"{bad} non-finite voxel values (NaN or infinity)")
+
+
+def _may_hold_non_finite(img) -> bool:
+    """Whether voxels can be NaN / inf: a float dtype, or a non-finite scaling."""
+    if img.get_data_dtype().kind not in "iub":
+        return True
+    scaling = [getattr(img.dataobj, k, 1.0) for k in ("slope", "inter")]
+    return not all(np.isfinite(float(v)) for v in scaling if v is not None)
 
 
 def _read_axial_hu(pair: _Pair, z_index: np.ndarray) -> np.ndarray:
@@ -230,8 +291,12 @@ def _read_axial_hu(pair: _Pair, z_index: np.ndarray) -> np.ndarray:
     try:
         # A gzip stream cannot seek backwards cheaply: decompress it once.
         source = pair.volume.dataobj
-        if path.suffix == ".gz":
+        may_be_non_finite = _may_hold_non_finite(pair.volume)
+        if path.suffix == ".gz" or may_be_non_finite:
             source = np.asanyarray(source)
+        if may_be_non_finite:
+            # Refused like data.check does, whether or not the bad voxels are in a picked slice.
+            check_finite(source, path)
         for k in stored:
             idx = [slice(None)] * len(pair.volume.shape)
             idx[axis] = slice(int(k), int(k) + 1)  # keep the axis so the orientation still applies
@@ -239,6 +304,8 @@ def _read_axial_hu(pair: _Pair, z_index: np.ndarray) -> np.ndarray:
                 idx[3] = 0
             slab = np.asarray(source[tuple(idx)], dtype=np.float32)
             out.append(orientations.apply_orientation(slab, pair.ornt)[:, :, 0])
+    except DataError:
+        raise
     except Exception as e:
         raise _error(path, f"unreadable voxel data ({type(e).__name__}: {e})") from e
     if not out:
@@ -519,13 +586,13 @@ def _save_cache(path: pathlib.Path, sets: dict[str, SliceSet], params: dict) -> 
         ),
         "params": np.array(json.dumps(params, sort_keys=True)),
     }
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        io_utils.write_npz(path, **arrays)
+    except OSError as e:  # a cache that cannot be written (a full disk) is only slower
+        logger.warning("Slices not cached (%s: %s)", e.filename, e.strerror)
+        return
+    # Leftovers of writers killed long ago (a shared cache: never those of a live writer).
+    io_utils.remove_orphans(path.parent, min_age_s=24 * 3600)
 
 
 def load_splits(
@@ -582,9 +649,13 @@ def load_splits(
                 return sets
 
     split = split_cases([c[0] for c in cases], fractions, split_seed)
-    for name in SPLITS:
-        if not split[name] and fractions[SPLITS.index(name)] > 0:
-            logger.warning("Split %r is empty (%d volumes in total)", name, len(cases))
+    empty = [name for name in SPLITS if not split[name] and fractions[SPLITS.index(name)] > 0]
+    if empty:
+        raise _error(
+            data_dir,
+            f"{len(cases)} volume(s) leave the {' and '.join(empty)} split empty; "
+            "at least 3 volumes are needed, one per split",
+        )
     by_id = {c[0]: c for c in cases}
     sets = {}
     sample = dict(

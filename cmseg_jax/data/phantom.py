@@ -55,6 +55,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from cmseg_jax import io_utils
+
 logger = logging.getLogger(__name__)
 
 # Bump whenever the generator's output changes, so cached datasets are regenerated.
@@ -930,12 +932,8 @@ def generate_volume(
 
 def _save_nifti_atomic(img: nib.Nifti1Image, path: pathlib.Path) -> None:
     """Saves next to path under a hidden temporary name, then renames (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{''.join(path.suffixes)}")
-    try:
+    with io_utils.atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
@@ -994,6 +992,7 @@ def default_cache_root() -> pathlib.Path:
 
 
 _MANIFEST = "phantom.json"
+MIN_SIDE = 8  # the smallest volume side generate_volume accepts
 
 
 def ensure_phantom(
@@ -1022,6 +1021,7 @@ def ensure_phantom(
     if (final / _MANIFEST).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    io_utils.remove_orphans(root, min_age_s=24 * 3600)  # left by generators killed long ago
     tmp = root / f".{key}.{uuid.uuid4().hex}.tmp"
     logger.info("Generating %d phantom volumes of shape %s in %s", num_volumes, shape, final)
     try:
@@ -1046,14 +1046,15 @@ def ensure_phantom(
     return final
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     """``python -m cmseg_jax.data.phantom OUT_DIR [--num_volumes N] [--shape X Y Z] [--seed S]``.
 
     Writes a LiTS-format phantom directory (e.g. a manual directory for the TFDS builder).
+    Returns the exit status (2 for a bad argument, 1 when the directory cannot be written).
     """
-    import argparse
+    from cmseg_jax import errors
 
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m cmseg_jax.data.phantom",
         description="Write the CT phantom as LiTS-format volume-N / segmentation-N NIfTI files.",
     )
@@ -1064,9 +1065,22 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    out = write_phantom_dataset(args.out_dir, args.num_volumes, tuple(args.shape), args.seed)
-    print(f"wrote {args.num_volumes} phantom volumes {tuple(args.shape)} to {out}")
+    if args.num_volumes < 1:
+        parser.error(f"--num_volumes {args.num_volumes}: must be >= 1")
+    if min(args.shape) < MIN_SIDE:
+        parser.error(f"--shape {' '.join(map(str, args.shape))}: every side must be >= {MIN_SIDE}")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed}: must be >= 0")
+
+    def body(args) -> int:
+        out = write_phantom_dataset(args.out_dir, args.num_volumes, tuple(args.shape), args.seed)
+        print(f"wrote {args.num_volumes} phantom volumes {tuple(args.shape)} to {out}")
+        return 0
+
+    return errors.run_main(body, args)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(main())

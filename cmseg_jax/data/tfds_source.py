@@ -11,6 +11,7 @@ never read by mistake.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 
@@ -86,10 +87,17 @@ def load_splits_tfds(
         fractions=tuple(float(f) for f in fractions),
         hu_window=tuple(float(w) for w in hu_window),
     )
-    builder = make_builder(tfds_dir, **params)
-    cfg = builder.builder_config
-    data_path = pathlib.Path(str(builder.data_path))
-    if not builder.is_prepared():
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # TFDS warns that a dataset not built yet has no info
+    try:
+        builder = make_builder(tfds_dir, **params)
+        cfg = builder.builder_config
+        data_path = pathlib.Path(str(builder.data_path))
+        prepared = builder.is_prepared()
+    finally:
+        absl_logger.setLevel(level)
+    if not prepared:
         if not manual_dir:
             known = {c.name for c in _builder_module().Builder.BUILDER_CONFIGS}
             name = cfg.name if cfg.name in known else f"'{json.dumps(cfg.params())}'"

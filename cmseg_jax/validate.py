@@ -1,0 +1,188 @@
+"""Up-front checks of a sweep's config and data sizes, before anything is compiled or written.
+
+:func:`check_config` runs before the data are read and before any compilation: every field the
+sweep uses has the right type and a usable value. :func:`check_splits` runs after the data are
+read and before anything is written to the workdir: every split has slices and the training split
+fills at least one batch. Both raise :class:`~cmseg_jax.errors.UsageError` naming the field
+(``config.train.epochs=0: must be an integer >= 1``); a data directory with too few volumes is a
+:class:`~cmseg_jax.data.lits.DataError` naming the directory.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+
+from cmseg_jax.data import lits
+from cmseg_jax.errors import UsageError
+
+METHODS = ("full", "cam_beta", "cam_alpha")
+SOURCES = ("phantom", "lits", "tfds")
+UPSAMPLE = ("transposed", "bilinear")
+DEPTHWISE = ("auto", "conv", "shift")
+DTYPES = ("float32", "bfloat16")
+SEED_LAYOUTS = ("auto", "vmap", "map")
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+    node = config
+    for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise UsageError(f"config.{field}: missing from the config")
+        node = node[part]
+    return node
+
+
+def _bad(field: str, value, what: str) -> UsageError:
+    return UsageError(f"config.{field}={value!r}: {what}")
+
+
+def _int(config, field: str, low: int) -> int:
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(field, value, f"must be an integer >= {low}")
+    return value
+
+
+def _real(config, field: str, low: float, high: float = math.inf, open_low=False) -> float:
+    value = _get(config, field)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        bound = f"> {low:g}" if open_low else f">= {low:g}"
+        if high < math.inf:
+            bound += f" and <= {high:g}"
+        raise _bad(field, value, f"must be a finite number {bound}")
+    return float(value)
+
+
+def _choice(config, field: str, choices: Sequence[str]) -> str:
+    value = _get(config, field)
+    if value not in choices:
+        raise _bad(field, value, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def _numbers(config, field: str, length: int) -> tuple[float, ...]:
+    value = _get(config, field)
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != length or not all(math.isfinite(v) for v in out):
+        raise _bad(field, value, f"must be {length} finite numbers")
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every field the sweep uses; raises UsageError naming the first bad one."""
+    _choice(config, "method", METHODS)
+    _int(config, "root_seed", 0)
+    for field in ("hidden", "depth", "patch_size", "kernel_size", "transition", "num_classes"):
+        _int(config, f"model.{field}", 1)
+    if config.model.num_classes != 2:
+        raise _bad("model.num_classes", config.model.num_classes, "must be 2 (liver, background)")
+    _choice(config, "model.upsample", UPSAMPLE)
+    _choice(config, "model.depthwise_impl", DEPTHWISE)
+    _choice(config, "model.dtype", DTYPES)
+    _int(config, "model.decoder_chunk", 0)
+    if config.method == "cam_alpha" and config.model.upsample != "transposed":
+        raise _bad("model.upsample", config.model.upsample, "cam_alpha needs 'transposed'")
+    _real(config, "model.bn_momentum", 0.0, 1.0)
+    if config.model.smoothing:
+        _real(config, "model.smoothing_sigma", 0.0, open_low=True)
+        _int(config, "model.smoothing_size", 1)
+    _real(config, "cam.threshold", 0.0, 1.0)
+
+    d = "data"
+    source = _choice(config, f"{d}.source", SOURCES)
+    if source == "lits" and not config.data.dir:
+        raise UsageError(
+            "config.data.dir: data.source='lits' needs --config.data.dir=/path/to/LiTS"
+        )
+    _int(config, f"{d}.image_size", 1)
+    _int(config, f"{d}.split_seed", 0)
+    fractions = _numbers(config, f"{d}.fractions", 3)
+    if any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        raise _bad(
+            f"{d}.fractions",
+            config.data.fractions,
+            "must be 3 positive fractions (train, val, test) summing to 1",
+        )
+    liver = _int(config, f"{d}.liver_slices", 0)
+    background = _int(config, f"{d}.background_slices", 0)
+    if liver + background < 1:
+        raise UsageError(
+            f"config.{d}.liver_slices={liver}, config.{d}.background_slices={background}: "
+            "no slices would be drawn; at least one must be >= 1"
+        )
+    lo, hi = _numbers(config, f"{d}.hu_window", 2)
+    if not hi > lo:
+        raise _bad(f"{d}.hu_window", config.data.hu_window, "must be (low, high) with high > low")
+    if source == "phantom":
+        _int(config, f"{d}.phantom_volumes", 3)
+        shape = _get(config, f"{d}.phantom_shape")
+        if (
+            len(tuple(shape)) != 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+            or min(shape) < 8
+        ):
+            raise _bad(f"{d}.phantom_shape", shape, "must be 3 integers >= 8 (X, Y, Z)")
+        _int(config, f"{d}.phantom_seed", 0)
+
+    t = "train"
+    _int(config, f"{t}.epochs", 1)
+    _int(config, f"{t}.batch_size", 1)
+    _real(config, f"{t}.learning_rate", 0.0, open_low=True)
+    _real(config, f"{t}.b1", 0.0, 1.0)
+    _real(config, f"{t}.b2", 0.0, 1.0)
+    if config.train.gamma_augment:
+        g_lo, g_hi = _numbers(config, f"{t}.gamma_range", 2)
+        if not 0 < g_lo <= g_hi:
+            raise _bad(f"{t}.gamma_range", config.train.gamma_range, "must be 0 < low <= high")
+    _int(config, f"{t}.steps_per_call", 0)
+    _int(config, f"{t}.seed_chunk", 0)
+    _choice(config, f"{t}.seed_layout", SEED_LAYOUTS)
+    _real(config, f"{t}.memory_budget_gb", 0.0)
+
+    e = "eval"
+    _int(config, f"{e}.batch_size", 1)
+    _int(config, f"{e}.every_epochs", 1)
+    _int(config, f"{e}.score_bins", 1)
+    _int(config, f"{e}.num_examples", 0)
+
+
+def check_splits(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> None:
+    """Checks the loaded slice counts against the config before anything is compiled.
+
+    Args:
+      config: the sweep's config.
+      sizes: split name -> number of slices.
+    """
+    empty = [name for name in ("train", "val", "test") if sizes.get(name, 0) < 1]
+    where = _where(config)
+    if empty:
+        counts = ", ".join(f"{k} {v}" for k, v in sizes.items())
+        raise lits.DataError(
+            f"{where}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would have "
+            f"no slices ({counts}); the sweep needs at least 3 volumes, one per split"
+        )
+    batch = config.train.batch_size
+    if sizes["train"] < batch:
+        raise UsageError(
+            f"config.train.batch_size={batch}: larger than the training split "
+            f"({sizes['train']} slices); use a smaller batch or more slices per volume"
+        )
+
+
+def _where(config: ml_collections.ConfigDict) -> str:
+    d = config.data
+    if d.source == "phantom":
+        return f"config.data.phantom_volumes={d.phantom_volumes}"
+    if d.source == "tfds":
+        return str(pathlib.Path(d.tfds_dir or "$TFDS_DATA_DIR").expanduser())
+    return str(pathlib.Path(d.dir).expanduser())
