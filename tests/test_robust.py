@@ -431,7 +431,7 @@ def test_disk_full_during_the_jsonl_append_and_a_checkpoint(finished, tmp_path):
     # metrics.jsonl is rewritten whole each epoch: epoch 1 fits, epoch 2 runs out of space.
     proc = diskfull_cli(per_epoch + per_epoch // 2, r"metrics\.jsonl", *RUN, f"--workdir={workdir}")
     assert proc.returncode == 1, proc.stderr
-    err = [ln for ln in lines(proc.stderr) if not ln.startswith("DATA: ")]
+    err = [ln for ln in lines(proc.stderr) if not ln.startswith(("DATA: ", "LAYOUT: "))]
     assert err == [f"error: {workdir}/metrics.jsonl: No space left on device"]
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert {r["epoch"] for r in rows} == {1}  # the previous file, intact
@@ -439,7 +439,7 @@ def test_disk_full_during_the_jsonl_append_and_a_checkpoint(finished, tmp_path):
     # The rerun resumes; now the disk fills 100 bytes into the checkpoint of epoch 3.
     proc = diskfull_cli(100, r"/checkpoints/3[./]", *RUN, f"--workdir={workdir}")
     assert proc.returncode == 1, proc.stderr
-    err = [ln for ln in lines(proc.stderr) if not ln.startswith(("DATA: ", "RESUME: "))]
+    err = [ln for ln in lines(proc.stderr) if not ln.startswith(("DATA: ", "LAYOUT: ", "RESUME: "))]
     assert len(err) == 1 and err[0].startswith(f"error: {workdir}/checkpoints/3: "), err
     assert "No space left on device" in err[0]
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir())[:2] == ["1", "2"]
@@ -463,7 +463,9 @@ def test_sigterm_checkpoints_and_resumes_bit_identically(finished, tmp_path):
     assert "Traceback" not in stderr
     last = lines(stderr)[-1]
     assert last.startswith("interrupted (SIGTERM): checkpoint") and "resume" in last, stderr
-    assert len([ln for ln in lines(stderr) if not ln.startswith("DATA: ")]) == 1, stderr
+    assert len([ln for ln in lines(stderr) if not ln.startswith(("DATA: ", "LAYOUT: "))]) == 1, (
+        stderr
+    )
     rerun = cli(SWEEP, *RUN, f"--workdir={workdir}")
     assert rerun.returncode == 0, rerun.stderr
     assert "RESUME: " in rerun.stderr
