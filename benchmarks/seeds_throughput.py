@@ -48,6 +48,8 @@ from cmseg_jax.data import dataset  # noqa: E402
 from cmseg_jax.sweep import over_seeds, plan_layout  # noqa: E402
 from cmseg_jax.train import make_train, seed_key  # noqa: E402
 
+# PyTorch rate columns (torch_reference.measure), in table order.
+TORCH_RATES = ("torch_eager", "torch_eager_cl", "torch_compile", "torch_vmap")
 # Datasheet peaks (dense matmul FLOP/s in the benchmark's dtype, HBM bytes/s) by device kind.
 DATASHEET = {
     "H100": {"float32": 67e12, "tf32": 495e12, "bfloat16": 989e12, "bandwidth": 3.35e12},
@@ -137,7 +139,7 @@ def render_readme(results_dir: pathlib.Path, readme: pathlib.Path) -> None:
         modes = [
             m
             for m in ("sweep", "vmap", "loop", "map")
-            + tuple(sorted({k for row in r["rows"] for k in row if k.startswith("torch_")}))
+            + TORCH_RATES
             if any(m in row for row in r["rows"])
         ]
         ratios = [
@@ -152,6 +154,15 @@ def render_readme(results_dir: pathlib.Path, readme: pathlib.Path) -> None:
             if any(k in row for row in r["rows"])
         ]
         peaks = r.get("peaks")
+        torch_line = next(
+            (
+                f" PyTorch: {row['torch_threads']} threads, flush-to-zero "
+                f"{'on' if row.get('torch_ftz') else 'off'}."
+                for row in r["rows"]
+                if "torch_threads" in row
+            ),
+            "",
+        )
         peak_line = (
             f" Peaks: {peaks['flops'] / 1e9:.0f} GFLOP/s, {peaks['bandwidth'] / 1e9:.1f} GB/s "
             f"({peaks['source']}); {r['flops_per_seed_step'] / 1e9:.2f} GFLOP and "
@@ -166,7 +177,7 @@ def render_readme(results_dir: pathlib.Path, readme: pathlib.Path) -> None:
             f"h {r['hidden']}, depth {r['depth']}, depthwise `{r['depthwise_impl']}`, "
             f"dtype {r.get('model_dtype', 'float32')}, "
             f"{r['steps_per_call']} steps per call, jax {r['jax']}. Unit: {r['unit']}."
-            f"{peak_line}\n\n"
+            f"{peak_line}{torch_line}\n\n"
             "| seeds N | sweep layout | "
             + " | ".join(modes + [t for _, t in ratios])
             + " |\n|"
@@ -282,7 +293,7 @@ def main() -> None:
             row["vmap_over_loop"] = row["vmap"] / row["loop"]
         if "sweep" in row and "loop" in row:
             row["sweep_over_loop"] = row["sweep"] / row["loop"]
-        torch_best = max((v for k, v in row.items() if k.startswith("torch_")), default=None)
+        torch_best = max((row[k] for k in TORCH_RATES if k in row), default=None)
         if torch_best and "sweep" in row:
             row["sweep_over_best_torch"] = row["sweep"] / torch_best
         stats = device.memory_stats() if device.platform != "cpu" else None
