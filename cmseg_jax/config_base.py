@@ -55,8 +55,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Computation dtype of activations and matmuls: float32 | bfloat16 (parameters, Adam state,
     # BatchNorm statistics, the Gaussian, losses and metrics stay float32).
     config.model.dtype = "float32"
-    # Recompute activations in the backward pass (mixer layers and the full-resolution decoder):
-    # about a third more FLOPs, a fraction of the memory. Off at the small variants.
+    # Recompute the scanned mixer layers' activations in the backward pass: one more forward pass
+    # of them, a twentieth of their activation memory. Off at the small variants.
     config.model.remat = True
     # Images per pass of the fused full-resolution decoder block (models/decoder.py): its C_t maps
     # exist for this many images at a time; 0 = plain autodiff of the block.
