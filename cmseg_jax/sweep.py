@@ -375,11 +375,11 @@ class Plan:
         gib = 2**30
         chunks = self.per_device // self.chunk
         how = "one vmap" if chunks == 1 else f"lax.map over {chunks} chunks"
+        step = f"{self.program_bytes / gib:.2f} GiB" if self.program_bytes else "not measured"
         return (
             f"{num_seeds} seeds (padded to {self.padded}) over {self.layout.shards} device(s), "
-            f"{self.chunk} per chunk ({how}; {self.mode}); per device: step "
-            f"{self.program_bytes / gib:.2f} GiB + data {self.data_bytes / gib:.2f} GiB of "
-            f"{self.budget / gib:.2f} GiB ({self.budget_source})"
+            f"{self.chunk} per chunk ({how}; {self.mode}); per device: step {step} + data "
+            f"{self.data_bytes / gib:.2f} GiB of {self.budget / gib:.2f} GiB ({self.budget_source})"
         )
 
 
@@ -389,6 +389,7 @@ def plan_layout(
     num_seeds: int,
     data_bytes: int,
     devices: Sequence | None = None,
+    measure_fixed: bool = True,
 ) -> Plan:
     """Chooses how many seeds each device vmaps at once.
 
@@ -397,7 +398,9 @@ def plan_layout(
     the per-seed growth of XLA's memory analysis, takes the largest chunk that fits
     ``HEADROOM`` of the budget next to the data, balances the chunks (48 seeds that fit 13 at a
     time run as 4 chunks of 12, not 13 + 13 + 13 + 9 padded) and checks that chunk by compiling
-    it. 'auto' is 'map' on a CPU planned with no explicit budget and 'vmap' otherwise.
+    it. 'auto' is 'map' on a CPU planned with no explicit budget and 'vmap' otherwise. A chunk
+    fixed without measuring (explicit, or 'map') is compiled for its memory only with
+    ``measure_fixed``; otherwise ``program_bytes`` is 0 (not measured).
 
     Raises:
       ValueError: one seed does not fit the budget, or an unknown ``train.seed_layout``.
@@ -435,8 +438,11 @@ def plan_layout(
         while chunk > 1 and program + data_bytes > limit:
             chunk -= 1
             layout, padded, program = measure(chunk)
-    else:
+    elif measure_fixed:
         layout, padded, program = measure(chunk)
+    else:
+        layout = SeedLayout(devices, chunk)
+        padded, program = layout.padded(num_seeds), 0
     if program + data_bytes > budget:
         raise errors.UsageError(
             f"the training step needs {program / 2**30:.2f} GiB + {data_bytes / 2**30:.2f} GiB of "
@@ -524,7 +530,8 @@ def run(
     trainer = make_train(config, num_train=len(splits["train"].labels))
     num = len(seeds)
     resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(host_data))
-    plan = plan_layout(config, trainer, num, resident)
+    # A fixed chunk is not compiled twice: XLA names an out-of-memory chunk when it runs.
+    plan = plan_layout(config, trainer, num, resident, measure_fixed=False)
     print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
     layout = plan.layout
     data = jax.device_put(host_data, layout.replicated)
