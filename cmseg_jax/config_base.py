@@ -1,28 +1,35 @@
-"""The defaults every experiment config starts from, and the size variants.
+"""The defaults every experiment config starts from, and the variants.
 
 Experiment files in ``configs/`` call :func:`get_base_config`, change what their experiment changes,
-and finish with :func:`apply_variant`. A variant is chosen after a colon on the command line:
-``--config configs/cam_beta.py:tiny``.
+and finish with :func:`apply_variant`. The argument after a colon on the command line is a
+comma-separated list applied left to right; each item is a variant name or ``field=value``:
+``--config configs/cam_beta.py:tiny``, ``--config 'configs/cam_beta.py:cpu,train.epochs=15'``.
 
-Variants:
-  (none)  thesis settings: 512×512, h = 256, depth 20, C_t = 100, σ = 7 with 50 taps.
-  ``cpu`` a CPU-friendly size for the quickstart (128×128, h = 64, depth 4, at most 4 epochs;
-          minutes on 2 cores).
+Variants (:data:`VARIANTS`):
+  ``thesis`` (or nothing) thesis settings: 512×512, h = 256, depth 20, C_t = 100, σ = 7, 50 taps.
+  ``cpu``  a CPU-friendly size for the quickstart (128×128, h = 64, depth 4, at most 4 epochs;
+           minutes on 2 cores).
   ``tiny`` seconds on a CPU, for tests (32×32, h = 8, depth 1).
 
 Choices the thesis leaves open (stated here so they are visible in every resolved config):
   * batch size 16 for training and evaluation (not given in the thesis). The last incomplete batch
     of an epoch is dropped; data are reshuffled every epoch, per seed.
   * intensity window: HU clipped to [-1024, 1024] and mapped linearly to [-1, 1].
-  * at reduced image sizes the Gaussian scales with the image: σ = 7·size/512, K ≈ 50·size/512.
+  * the Gaussian scales with the image: σ = 7·size/512, K ≈ 50·size/512 (``model.smoothing_sigma``
+    and ``model.smoothing_size`` left unset). They are derived from ``data.image_size`` when the
+    model is built (:func:`smoothing`), so ``--config.data.image_size=128`` scales them too; a
+    value set explicitly wins. The sweep records the derived values in ``config.json``
+    (:func:`resolve`).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import pathlib
 
 import ml_collections
+from ml_collections import config_dict
 
 from cmseg_jax.models.smoothing import scaled_smoothing
 
@@ -47,8 +54,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.upsample = "transposed"
     config.model.pointwise_residual = True
     config.model.smoothing = True
-    config.model.smoothing_sigma = 7.0
-    config.model.smoothing_size = 50
+    # Unset = derived from data.image_size where the model is built (module docstring).
+    config.model.smoothing_sigma = config_dict.placeholder(float)
+    config.model.smoothing_size = config_dict.placeholder(int)
     config.model.bn_momentum = 0.9
     # auto | conv | shift: how the depthwise conv is computed (models/depthwise.py)
     config.model.depthwise_impl = "auto"
@@ -121,45 +129,139 @@ def get_base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def _at_most(limit: int):
+    return lambda value: min(value, limit)
+
+
+# Each variant: dotted field -> value, or a function of the field's current value.
+VARIANTS: dict[str, dict] = {
+    "thesis": {},
+    "cpu": {
+        "train.epochs": _at_most(4),
+        "data.image_size": 128,
+        "data.phantom_volumes": 20,
+        "data.phantom_shape": (128, 128, 48),
+        "data.liver_slices": 8,
+        "data.background_slices": 8,
+        "model.hidden": 64,
+        "model.depth": 4,
+        "model.transition": 16,
+        "model.remat": False,
+        "model.decoder_chunk": 16,  # the whole batch: fastest on a CPU
+        "train.batch_size": 16,
+        "eval.batch_size": 64,
+    },
+    "tiny": {
+        "data.image_size": 32,
+        "data.phantom_volumes": 6,
+        "data.phantom_shape": (64, 64, 24),
+        "data.liver_slices": 2,
+        "data.background_slices": 2,
+        "model.hidden": 8,
+        "model.depth": 1,
+        "model.transition": 4,
+        "model.remat": False,
+        "train.epochs": _at_most(2),
+        "train.batch_size": 4,
+        "eval.batch_size": 8,
+        "eval.score_bins": 100,
+        "eval.num_examples": 2,
+        "num_seeds": 2,
+    },
+}
+
+
+def _split_items(arg: str) -> list[str]:
+    """Splits on commas outside brackets: ``cpu,data.fractions=(0.5,0.25,0.25)`` -> 2 items."""
+    items, depth, current = [], 0, ""
+    for char in arg:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item.strip() for item in items + [current] if item.strip()]
+
+
+def _parse_value(field: str, text: str, old):
+    """``text`` as a value of the type of ``old`` (the field's current value)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(old, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if old is not None and type(value) is not type(old):
+        raise ValueError(f"config variant item {field}={text}: expected a {type(old).__name__}")
+    return value
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
+    *parents, leaf = field.split(".")
+    node = config
+    try:
+        for name in parents:
+            node = node[name]
+        old = node[leaf]
+    except (KeyError, AttributeError, TypeError):
+        raise ValueError(f"config variant item {field!r}: no such field") from None
+    node[leaf] = value(old) if callable(value) else value
+
+
 def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Shrinks ``config`` in place for the ``cpu`` / ``tiny`` variants (see module docstring)."""
-    if arg in (None, "", "thesis"):
-        return config
-    if arg == "cpu":
-        config.train.epochs = min(config.train.epochs, 4)
-        config.data.image_size = 128
-        config.data.phantom_volumes = 20
-        config.data.phantom_shape = (128, 128, 48)
-        config.data.liver_slices = 8
-        config.data.background_slices = 8
-        config.model.hidden = 64
-        config.model.depth = 4
-        config.model.transition = 16
-        config.model.remat = False
-        config.model.decoder_chunk = 16  # the whole batch: fastest on a CPU
-        config.train.batch_size = 16
-        config.eval.batch_size = 64
-    elif arg == "tiny":
-        config.data.image_size = 32
-        config.data.phantom_volumes = 6
-        config.data.phantom_shape = (64, 64, 24)
-        config.data.liver_slices = 2
-        config.data.background_slices = 2
-        config.model.hidden = 8
-        config.model.depth = 1
-        config.model.transition = 4
-        config.model.remat = False
-        config.train.epochs = min(config.train.epochs, 2)
-        config.train.batch_size = 4
-        config.eval.batch_size = 8
-        config.eval.score_bins = 100
-        config.eval.num_examples = 2
-        config.num_seeds = 2
-    else:
-        raise ValueError(f"unknown config variant {arg!r}; expected one of: cpu, tiny")
+    """Applies the variant string ``arg`` to ``config`` in place (see the module docstring).
+
+    Args:
+      config: an experiment's config.
+      arg: comma-separated variant names (:data:`VARIANTS`) and ``field=value`` items, applied
+        left to right; None or "" changes nothing.
+
+    Raises:
+      ValueError: an unknown variant or field, or a value of the wrong type (one line).
+    """
+    for item in _split_items(arg or ""):
+        field, eq, text = item.partition("=")
+        if eq:
+            field = field.strip()
+            *parents, leaf = field.split(".")
+            try:
+                old = config
+                for name in parents + [leaf]:
+                    old = old[name]
+            except (KeyError, AttributeError, TypeError):
+                raise ValueError(f"config variant item {field!r}: no such field") from None
+            _set(config, field, _parse_value(field, text.strip(), old))
+        elif item in VARIANTS:
+            for name, value in VARIANTS[item].items():
+                _set(config, name, value)
+        else:
+            raise ValueError(
+                f"unknown config variant {item!r}; expected one of: {', '.join(VARIANTS)} "
+                "or field=value"
+            )
+    return config
+
+
+def smoothing(config: ml_collections.ConfigDict) -> tuple[float, int]:
+    """(σ, K) of the Gaussian: the config's values, or derived from ``data.image_size``."""
     sigma, size = scaled_smoothing(config.data.image_size)
-    config.model.smoothing_sigma = sigma
-    config.model.smoothing_size = size
+    m = config.model
+    return (
+        float(sigma if m.smoothing_sigma is None else m.smoothing_sigma),
+        int(size if m.smoothing_size is None else m.smoothing_size),
+    )
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with its derived fields (:func:`smoothing`) filled in."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.smoothing_sigma, config.model.smoothing_size = smoothing(config)
     return config
 
 

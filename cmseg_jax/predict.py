@@ -76,11 +76,6 @@ def read_config(workdir) -> tuple[ml_collections.ConfigDict, list[int]]:
         raise errors.IOFailure(f"{path}: not a sweep's config.json ({errors.first_line(e)})") from e
 
 
-def liver_threshold(config: ml_collections.ConfigDict) -> float:
-    """The score threshold of the run's masks: ``cam.threshold`` for cam_alpha, else 0.5."""
-    return float(config.cam.threshold) if config.method == "cam_alpha" else 0.5
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Sweep:
     """A finished (or checkpointed) sweep, restored for inference.
@@ -105,7 +100,7 @@ class Sweep:
 
     @property
     def threshold(self) -> float:
-        return liver_threshold(self.config)
+        return self.trainer.method.threshold(self.config)
 
     @property
     def image_size(self) -> int:

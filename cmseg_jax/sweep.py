@@ -37,7 +37,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, cost, errors, io_utils, results, validate
+from cmseg_jax import checkpoint, config_base, cost, errors, io_utils, methods, results, validate
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset
 from cmseg_jax.models.convmixerseg import count_params
@@ -508,6 +508,7 @@ def run(
     workdir = pathlib.Path(workdir)
     seeds = list(seeds)
     stop = stop or errors.StopSignals()
+    config = config_base.resolve(config)
     validate.check_config(config)
     record = _config_record(config, seeds)
     _check_workdir(workdir, record)
@@ -781,7 +782,7 @@ def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) 
         seeds=np.asarray([seeds[r] for r in picks], np.int64),
         roles=np.asarray(["best", "median", "worst"]),
         scores=np.stack(scores),
-        threshold=np.float32(config.cam.threshold if config.method == "cam_alpha" else 0.5),
+        threshold=np.float32(methods.of(config).threshold(config)),
     )
 
 
@@ -850,7 +851,7 @@ def _load_config() -> ml_collections.ConfigDict:
         ) from e
     if config is None:
         raise errors.UsageError("--config is required, e.g. --config configs/cam_beta.py")
-    return config
+    return config_base.resolve(config)
 
 
 def entry() -> None:

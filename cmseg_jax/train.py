@@ -1,8 +1,14 @@
 """Training and evaluation of ONE seed, as pure functions; the sweep vmaps them over seeds.
 
-``make_train(config)`` returns a :class:`Trainer` whose functions take a seed's state (or key) and
-the device-resident data and are free of Python side effects, so they can be ``jit``-ed, ``vmap``-ed
-over seeds, ``lax.map``-ed over seed chunks and (later) sharded over a ``seed`` mesh axis.
+The step functions live at module level and take everything they use as arguments:
+:func:`train_step` (one Adam step), :func:`train_steps` (a ``lax.scan`` over steps of an epoch),
+:func:`eval_step` (the sufficient statistics of one batch) and :func:`evaluate` (a scan over a
+split). Their static arguments (the model, the optimizer, the :class:`~cmseg_jax.methods.Method`
+and sizes) are keywords. :func:`make_train` binds them for one config and returns a
+:class:`Trainer` whose functions take a seed's state (or key) and the device-resident data and are
+free of Python side effects, so they can be ``jit``-ed, ``vmap``-ed over seeds, ``lax.map``-ed over
+seed chunks and sharded over a ``seed`` mesh axis. :func:`make_model` builds the config's network
+alone (for inference and the dry run).
 
 Randomness is derived, never carried: a seed's key ``k = fold_in(PRNGKey(root_seed), seed)`` gives
 ``fold_in(k, 0)`` for initialisation, ``fold_in(fold_in(k, 1), epoch)`` for the epoch's data order
@@ -32,10 +38,10 @@ import ml_collections
 import optax
 from jax import lax
 
-from cmseg_jax import metrics
+from cmseg_jax import config_base, methods, metrics
 from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
-from cmseg_jax.models import heads
+from cmseg_jax.methods import Method
 from cmseg_jax.models.convmixerseg import ConvMixerSeg
 
 INIT, DATA_ORDER, AUGMENT = 0, 1, 2
@@ -68,10 +74,15 @@ def seed_key(root_seed: int, seed: int) -> jnp.ndarray:
     return jax.random.fold_in(jax.random.PRNGKey(root_seed), seed)
 
 
-def build_model(config: ml_collections.ConfigDict, smoothing: bool | None = None) -> ConvMixerSeg:
-    """The config's network; ``smoothing`` overrides ``model.smoothing`` (it has no parameters)."""
+def make_model(config: ml_collections.ConfigDict, smoothing: bool | None = None) -> ConvMixerSeg:
+    """The config's network; ``smoothing`` overrides ``model.smoothing`` (it has no parameters).
+
+    σ and K of the Gaussian are the config's, or derived from the image size
+    (:func:`cmseg_jax.config_base.smoothing`).
+    """
     m = config.model
     smoothing = m.smoothing if smoothing is None else smoothing
+    sigma, size = config_base.smoothing(config)
     return ConvMixerSeg(
         num_classes=m.num_classes,
         hidden=m.hidden,
@@ -81,9 +92,9 @@ def build_model(config: ml_collections.ConfigDict, smoothing: bool | None = None
         transition=m.transition,
         upsample=m.upsample,
         pointwise_residual=m.pointwise_residual,
-        smoothing_sigma=m.smoothing_sigma if smoothing else 0.0,
-        smoothing_size=m.smoothing_size,
-        head="cam_alpha" if config.method == "cam_alpha" else "seg",
+        smoothing_sigma=sigma if smoothing else 0.0,
+        smoothing_size=size,
+        head=methods.of(config).head,
         bn_momentum=m.bn_momentum,
         depthwise_impl=m.depthwise_impl,
         dtype=jnp.dtype(m.dtype),
@@ -97,43 +108,177 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.adam(t.learning_rate, b1=t.b1, b2=t.b2)
 
 
-def segmentation_loss(maps, masks, class_weights, valid=None):
-    """Class-weighted pixel cross-entropy, PyTorch semantics: sum(w_y · nll) / sum(w_y).
+def _all_finite(tree) -> jnp.ndarray:
+    """() bool: every floating-point leaf of ``tree`` is finite."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def init_state(key, *, model, tx, image_size: int) -> TrainState:
+    """A seed's initial state from its key (2,) uint32 (init draws from ``fold_in(key, INIT)``)."""
+    variables = model.init(
+        jax.random.fold_in(key, INIT),
+        jnp.zeros((1, image_size, image_size), jnp.float32),
+        train=False,
+    )
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(params),
+        rng=key,
+        diverged=jnp.zeros((), bool),
+    )
+
+
+def apply_model(state: TrainState, images: jnp.ndarray, *, model) -> dict[str, jnp.ndarray]:
+    """The model's outputs in evaluation mode (running BatchNorm statistics)."""
+    return model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
+    )
+
+
+def train_step(state, batch, class_weights, rng, *, model, tx, method: Method, gamma_range=None):
+    """One Adam step on one batch: pure (state, batch) -> (state, loss).
 
     Args:
-      maps: (B, S, S, K) logits. masks: (B, S, S) int targets. class_weights: (K,).
-      valid: optional (B,) bool; padded images count zero.
+      state: the seed's :class:`TrainState`.
+      batch: (images (B, S, S) float, masks (B, S, S), labels (B,)).
+      class_weights: (K,) float32.
+      rng: the step's augmentation key.
+      model, tx, method: the network, the optimizer and the training method.
+      gamma_range: (low, high) of the gamma augmentation, or None for none.
+
+    A non-finite loss or gradient marks the seed diverged and masks this and every later update
+    out (see :class:`TrainState`); under ``vmap`` the other seeds are untouched.
+    """
+    images, masks, labels = batch
+    if gamma_range is not None:
+        images = gamma_augment(rng, images, *gamma_range)
+
+    def loss_fn(params, batch_stats):
+        outputs, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        num, den = method.loss(outputs, masks, labels, class_weights)
+        return num / den, updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite((grads, batch_stats))
+    diverged = state.diverged | ~finite
+
+    def keep_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(diverged, o, n), new, old)
+
+    state = state.replace(
+        step=state.step + 1,
+        params=keep_finite(params, state.params),
+        batch_stats=keep_finite(batch_stats, state.batch_stats),
+        opt_state=keep_finite(opt_state, state.opt_state),
+        diverged=diverged,
+    )
+    return state, loss
+
+
+def train_steps(
+    state, split, class_weights, epoch, start, *, length, num_train, batch_size, **step_kwargs
+):
+    """``length`` steps of epoch ``epoch`` from step ``start``: (state, {"loss_sum", "steps"}).
+
+    The epoch's order is a permutation of the first ``num_train`` slices of ``split`` (the rest
+    is evaluation padding); ``step_kwargs`` go to :func:`train_step`.
+    """
+    order_key = jax.random.fold_in(jax.random.fold_in(state.rng, DATA_ORDER), epoch)
+    order = jax.random.permutation(order_key, num_train)
+    aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT), epoch)
+
+    def body(state, step):
+        idx = lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
+        images = dataset.decode_images(split["images"][idx])
+        batch = (images, split["masks"][idx], split["labels"][idx])
+        rng = jax.random.fold_in(aug_key, step)
+        return train_step(state, batch, class_weights, rng, **step_kwargs)
+
+    state, losses = lax.scan(body, state, start + jnp.arange(length))
+    return state, {"loss_sum": jnp.sum(losses), "steps": jnp.asarray(length, jnp.int32)}
+
+
+def eval_step(
+    state, batch, class_weights, *, model, method: Method, threshold, gate, num_bins=None
+):
+    """Sufficient statistics of one evaluation batch (sums, so batches add up exactly).
+
+    Args:
+      batch: (images (B, S, S) float, masks (B, S, S), labels (B,), valid (B,) bool).
+      threshold, gate: the method's mask threshold and ``cam.gate_with_classifier``.
+      num_bins: also return liver-score histograms with this many bins.
 
     Returns:
-      (numerator, denominator) so that sums over batches stay exact; loss = num / den.
+      {"loss_num", "loss_den", "confusion" (4,), "cls_confusion" (4,)[, "histograms" (2, bins)]}.
     """
-    logp = jax.nn.log_softmax(maps.astype(jnp.float32), axis=-1)
-    targets = masks.astype(jnp.int32)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    w = class_weights[targets]
-    if valid is not None:
-        w = w * valid[:, None, None]
-    return jnp.sum(w * nll), jnp.sum(w)
+    images, masks, labels, valid = batch
+    outputs = apply_model(state, images, model=model)
+    scores, pred, image_pred = method.predict(outputs, threshold, gate)
+    num, den = method.loss(outputs, masks, labels, class_weights, valid)
+    valid_px = jnp.broadcast_to(valid[:, None, None], masks.shape)
+    stats = {
+        "loss_num": num,
+        "loss_den": den,
+        "confusion": metrics.confusion_counts(pred, masks, valid_px),
+        "cls_confusion": metrics.confusion_counts(image_pred, labels, valid),
+    }
+    if num_bins is not None:
+        stats["histograms"] = metrics.score_histograms(scores, masks, num_bins, valid=valid_px)
+    return stats
 
 
-def classification_loss(pooled, labels, valid=None):
-    """Softmax cross-entropy of the pooled class scores against the image label.
+def evaluate(state, split, class_weights, *, eval_batch, num_bins=None, **step_kwargs):
+    """:func:`eval_step` summed over a split padded to a multiple of ``eval_batch``."""
+    n = split["images"].shape[0]
+    if n % eval_batch:
+        raise ValueError(f"eval split of {n} slices is not padded to eval.batch_size")
 
-    For two classes this is the binary cross-entropy of p(liver) = softmax(pooled)[1].
+    def body(totals, i):
+        sl = functools.partial(
+            lax.dynamic_slice_in_dim, start_index=i * eval_batch, slice_size=eval_batch
+        )
+        images = dataset.decode_images(sl(split["images"]))
+        batch = (images, sl(split["masks"]), sl(split["labels"]), sl(split["valid"]))
+        stats = eval_step(state, batch, class_weights, num_bins=num_bins, **step_kwargs)
+        return jax.tree_util.tree_map(jnp.add, totals, stats), None
 
-    Returns:
-      (sum over images, number of images).
-    """
-    ce = optax.softmax_cross_entropy_with_integer_labels(pooled.astype(jnp.float32), labels)
-    count = jnp.asarray(ce.shape[0], jnp.float32)
-    if valid is not None:
-        ce, count = ce * valid, jnp.sum(valid).astype(jnp.float32)
-    return jnp.sum(ce), count
+    zeros = {
+        "loss_num": jnp.zeros((), jnp.float32),
+        "loss_den": jnp.zeros((), jnp.float32),
+        "confusion": jnp.zeros((4,), jnp.int32),
+        "cls_confusion": jnp.zeros((4,), jnp.int32),
+    }
+    if num_bins is not None:
+        zeros["histograms"] = jnp.zeros((2, num_bins), jnp.int32)
+    totals, _ = lax.scan(body, zeros, jnp.arange(n // eval_batch))
+    return totals
+
+
+def predict_scores(state, images, *, model, method: Method, gate) -> jnp.ndarray:
+    """(B, S, S) liver scores of float images (B, S, S)."""
+    return method.pixel_scores(apply_model(state, images, model=model), gate)
 
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """The pure per-seed functions of one experiment (see module docstring for shapes).
+    """The per-seed functions of one experiment, bound to its config (shapes: module docstring).
 
     Attributes:
       init: key (2,) -> TrainState.
@@ -145,8 +290,11 @@ class Trainer:
       evaluate_final_no_smoothing: ``evaluate_final`` with the Gaussian smoothing removed at test
         time (trained with it); None unless ``eval.without_smoothing`` and the model smooths.
       predict: (state, images (B, S, S)) -> liver scores (B, S, S).
-      train: (key, data) -> (state, per-epoch statistics); the whole run as one pure function.
+      train: (key, data) -> (state, per-epoch statistics); the whole run as one pure function
+        (``data``: {"train", "val", "test", "class_weights"}).
       steps_per_epoch: number of optimizer steps per epoch.
+      model: the network.
+      method: the training method.
     """
 
     init: Callable
@@ -158,200 +306,75 @@ class Trainer:
     predict: Callable
     train: Callable
     steps_per_epoch: int
-    model: ConvMixerSeg
-
-
-def _all_finite(tree) -> jnp.ndarray:
-    """() bool: every floating-point leaf of ``tree`` is finite."""
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    model: Any
+    method: Method
 
 
 def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
-    """Builds the per-seed training and evaluation functions for ``config``.
+    """Binds the step functions to ``config``.
 
     Args:
       config: an experiment config (see ``cmseg_jax.config_base``).
       num_train: number of training slices (fixes the number of steps per epoch).
     """
-    model = build_model(config)
-    tx = make_optimizer(config)
-    method = config.method
-    if method not in heads.METHODS:
-        raise ValueError(f"config.method must be one of {heads.METHODS}, got {method!r}")
+    method = methods.of(config)
+    model, tx = make_model(config), make_optimizer(config)
     batch_size = config.train.batch_size
     steps_per_epoch = num_train // batch_size
     if steps_per_epoch < 1:
         raise ValueError(
             f"train.batch_size={batch_size} is larger than the training set ({num_train} slices)"
         )
-    size = config.data.image_size
-    augment = config.train.gamma_augment
-    gamma_low, gamma_high = config.train.gamma_range
-    eval_batch = config.eval.batch_size
-    num_bins = config.eval.score_bins
-    threshold = config.cam.threshold
+    t = config.train
+    gamma = tuple(t.gamma_range) if t.gamma_augment else None
+    train_fn = functools.partial(
+        train_steps,
+        num_train=num_train,
+        batch_size=batch_size,
+        model=model,
+        tx=tx,
+        method=method,
+        gamma_range=gamma,
+    )
     gate = config.cam.gate_with_classifier
-
-    def init(key):
-        variables = model.init(
-            jax.random.fold_in(key, INIT), jnp.zeros((1, size, size), jnp.float32), train=False
-        )
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables["batch_stats"],
-            opt_state=tx.init(params),
-            rng=key,
-            diverged=jnp.zeros((), bool),
-        )
-
-    def loss_fn(params, batch_stats, images, masks, labels, class_weights):
-        outputs, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        if method == "full":
-            num, den = segmentation_loss(outputs["maps"], masks, class_weights)
-        else:
-            num, den = classification_loss(outputs["pooled"], labels)
-        return num / den, updates["batch_stats"]
-
-    def train_step(state, batch, class_weights, rng):
-        """One Adam step on one batch: pure (state, batch) -> (state, loss).
-
-        A non-finite loss or gradient marks the seed diverged and masks this and every later
-        update out (see :class:`TrainState`); under ``vmap`` the other seeds are untouched.
-        """
-        images, masks, labels = batch
-        if augment:
-            images = gamma_augment(rng, images, gamma_low, gamma_high)
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, images, masks, labels, class_weights
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & _all_finite((grads, batch_stats))
-        diverged = state.diverged | ~finite
-
-        def keep_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(diverged, o, n), new, old)
-
-        state = state.replace(
-            step=state.step + 1,
-            params=keep_finite(params, state.params),
-            batch_stats=keep_finite(batch_stats, state.batch_stats),
-            opt_state=keep_finite(opt_state, state.opt_state),
-            diverged=diverged,
-        )
-        return state, loss
-
-    def train_steps(state, split, class_weights, epoch, start, *, length):
-        order_key = jax.random.fold_in(jax.random.fold_in(state.rng, DATA_ORDER), epoch)
-        # Only the first num_train slices are real: the split may be padded for evaluation.
-        order = jax.random.permutation(order_key, num_train)
-        aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT), epoch)
-
-        def body(state, step):
-            idx = lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
-            images = dataset.decode_images(split["images"][idx])
-            batch = (images, split["masks"][idx], split["labels"][idx])
-            return train_step(state, batch, class_weights, jax.random.fold_in(aug_key, step))
-
-        state, losses = lax.scan(body, state, start + jnp.arange(length))
-        return state, {"loss_sum": jnp.sum(losses), "steps": jnp.asarray(length, jnp.int32)}
+    eval_kwargs = dict(
+        method=method,
+        threshold=method.threshold(config),
+        gate=gate,
+        eval_batch=config.eval.batch_size,
+    )
+    bins = config.eval.score_bins
+    evaluate_fn = functools.partial(evaluate, model=model, **eval_kwargs)
+    init = functools.partial(init_state, model=model, tx=tx, image_size=config.data.image_size)
 
     def train_epoch(state, split, class_weights, epoch):
-        return train_steps(state, split, class_weights, epoch, 0, length=steps_per_epoch)
-
-    def apply_eval(state, images, net=model):
-        return net.apply(
-            {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
-        )
-
-    def make_evaluate(with_histograms: bool, net=model):
-        def evaluate(state, split, class_weights):
-            n = split["images"].shape[0]
-            if n % eval_batch:
-                raise ValueError(f"eval split of {n} slices is not padded to eval.batch_size")
-
-            def body(totals, i):
-                sl = functools.partial(
-                    lax.dynamic_slice_in_dim, start_index=i * eval_batch, slice_size=eval_batch
-                )
-                images, masks = dataset.decode_images(sl(split["images"])), sl(split["masks"])
-                labels, valid = sl(split["labels"]), sl(split["valid"])
-                outputs = apply_eval(state, images, net)
-                scores, pred, image_pred = heads.predict(outputs, method, threshold, gate)
-                if method == "full":
-                    num, den = segmentation_loss(outputs["maps"], masks, class_weights, valid)
-                else:
-                    num, den = classification_loss(outputs["pooled"], labels, valid)
-                valid_px = jnp.broadcast_to(valid[:, None, None], masks.shape)
-                stats = {
-                    "loss_num": num,
-                    "loss_den": den,
-                    "confusion": metrics.confusion_counts(pred, masks, valid_px),
-                    "cls_confusion": metrics.confusion_counts(image_pred, labels, valid),
-                }
-                if with_histograms:
-                    stats["histograms"] = metrics.score_histograms(
-                        scores, masks, num_bins, valid=valid_px
-                    )
-                totals = jax.tree_util.tree_map(jnp.add, totals, stats)
-                return totals, None
-
-            zeros = {
-                "loss_num": jnp.zeros((), jnp.float32),
-                "loss_den": jnp.zeros((), jnp.float32),
-                "confusion": jnp.zeros((4,), jnp.int32),
-                "cls_confusion": jnp.zeros((4,), jnp.int32),
-            }
-            if with_histograms:
-                zeros["histograms"] = jnp.zeros((2, num_bins), jnp.int32)
-            totals, _ = lax.scan(body, zeros, jnp.arange(n // eval_batch))
-            return totals
-
-        return evaluate
-
-    evaluate = make_evaluate(False)
-
-    def predict(state, images):
-        return heads.pixel_scores(apply_eval(state, images), method, gate)
+        return train_fn(state, split, class_weights, epoch, 0, length=steps_per_epoch)
 
     def train(key, data):
-        """The whole run for one seed: init, then per epoch a scan over steps and an evaluation."""
-
         def epoch_body(state, epoch):
             state, train_stats = train_epoch(state, data["train"], data["class_weights"], epoch)
             evals = {
-                name: evaluate(state, data[name], data["class_weights"])
+                name: evaluate_fn(state, data[name], data["class_weights"])
                 for name in ("train", "val", "test")
             }
             return state, {"train": train_stats, "eval": evals}
 
         return lax.scan(epoch_body, init(key), jnp.arange(config.train.epochs))
 
+    no_smoothing = None
+    if config.eval.without_smoothing and config.model.smoothing:
+        plain = make_model(config, smoothing=False)
+        no_smoothing = functools.partial(evaluate, model=plain, num_bins=bins, **eval_kwargs)
     return Trainer(
         init=init,
         train_epoch=train_epoch,
-        train_steps=train_steps,
-        evaluate=evaluate,
-        evaluate_final=make_evaluate(True),
-        evaluate_final_no_smoothing=(
-            make_evaluate(True, build_model(config, smoothing=False))
-            if config.eval.without_smoothing and config.model.smoothing
-            else None
-        ),
-        predict=predict,
+        train_steps=train_fn,
+        evaluate=evaluate_fn,
+        evaluate_final=functools.partial(evaluate_fn, num_bins=bins),
+        evaluate_final_no_smoothing=no_smoothing,
+        predict=functools.partial(predict_scores, model=model, method=method, gate=gate),
         train=train,
         steps_per_epoch=steps_per_epoch,
         model=model,
+        method=method,
     )

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from cmseg_jax import methods
 from cmseg_jax.data import lits
 from cmseg_jax.errors import UsageError
 
-METHODS = ("full", "cam_beta", "cam_alpha")
 SOURCES = ("phantom", "lits", "tfds")
 UPSAMPLE = ("transposed", "bilinear")
 DEPTHWISE = ("auto", "conv", "shift")
@@ -80,7 +80,7 @@ def _numbers(config, field: str, length: int) -> tuple[float, ...]:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Checks every field the sweep uses; raises UsageError naming the first bad one."""
-    _choice(config, "method", METHODS)
+    _choice(config, "method", tuple(methods.METHODS))
     _int(config, "root_seed", 0)
     for field in ("hidden", "depth", "patch_size", "kernel_size", "transition", "num_classes"):
         _int(config, f"model.{field}", 1)
@@ -93,8 +93,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.method == "cam_alpha" and config.model.upsample != "transposed":
         raise _bad("model.upsample", config.model.upsample, "cam_alpha needs 'transposed'")
     _real(config, "model.bn_momentum", 0.0, 1.0)
-    if config.model.smoothing:
+    if config.model.smoothing and config.model.smoothing_sigma is not None:
         _real(config, "model.smoothing_sigma", 0.0, open_low=True)
+    if config.model.smoothing and config.model.smoothing_size is not None:
         _int(config, "model.smoothing_size", 1)
     _real(config, "cam.threshold", 0.0, 1.0)
 

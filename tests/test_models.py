@@ -7,7 +7,7 @@ import pytest
 from jax import lax
 from scipy import signal
 
-from cmseg_jax.models import heads
+from cmseg_jax import methods
 from cmseg_jax.models.convmixerseg import (
     ConvMixerSeg,
     Depthwise,
@@ -59,7 +59,7 @@ def test_output_shapes_cover_the_full_input(size, kwargs):
     out = model.apply(variables, x, train=False)
     assert out["maps"].shape == (3, size, size, 2)
     assert out["pooled"].shape == (3, 2)
-    scores, masks, image_pred = heads.predict(out, "cam_alpha" if kwargs else "cam_beta")
+    scores, masks, image_pred = methods.get("cam_alpha" if kwargs else "cam_beta").predict(out, 0.5)
     assert scores.shape == masks.shape == (3, size, size)
     assert image_pred.shape == (3,)
 

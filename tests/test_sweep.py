@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -283,6 +284,10 @@ def test_dry_run_plans_the_headline_sweep_for_an_80gb_gpu():
     )
     assert "params: 3024374" in proc.stdout.splitlines()
     assert "flops_per_seed_step:" in proc.stdout
+    for field in ("flops_per_seed_step", "bytes_per_seed_step", "temp_bytes_per_seed_step"):
+        line = [x for x in proc.stdout.splitlines() if x.startswith(f"{field}:")][0]
+        value = float(line.split()[1])
+        assert math.isfinite(value) and value > 0, line
     gib, per_chunk = _planned(proc)
     assert gib <= 80 and per_chunk >= 12, proc.stdout
     # Chunks are balanced: 48 seeds run as equal chunks, none padded.

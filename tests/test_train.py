@@ -8,7 +8,8 @@ import pytest
 
 from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
-from cmseg_jax.train import classification_loss, make_train, seed_key, segmentation_loss
+from cmseg_jax.methods import classification_loss, segmentation_loss
+from cmseg_jax.train import make_train, seed_key
 from tests.conftest import load_config
 
 
