@@ -39,6 +39,7 @@ import pathlib
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +48,10 @@ import numpy as np
 from jax import lax
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, errors, metrics, volume_io
+from cmseg_jax import checkpoint, errors, methods, metrics, train, volume_io
 from cmseg_jax.data import lits
 from cmseg_jax.data.lits import DataError
-from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
+from cmseg_jax.train import TrainState
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -85,7 +86,8 @@ class Sweep:
       config: its resolved config.
       seeds: (S,) seed ids, the row order of ``states``.
       epoch: the checkpoint epoch restored (1-based).
-      trainer: the per-seed functions (``trainer.predict``).
+      model: the network (:func:`cmseg_jax.train.make_model`).
+      method: the training method (its pixel scores and threshold).
       states: the seed-stacked TrainState, leading axis S.
       diverged: (S,) bool, the seeds whose training saw a non-finite loss.
     """
@@ -94,13 +96,19 @@ class Sweep:
     config: ml_collections.ConfigDict
     seeds: tuple[int, ...]
     epoch: int
-    trainer: Trainer
+    model: Any
+    method: methods.Method
     states: TrainState
     diverged: np.ndarray
 
+    def predict(self, state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
+        """One seed's (B, S, S) liver scores of float images (B, S, S)."""
+        gate = self.config.cam.gate_with_classifier
+        return train.predict_scores(state, images, model=self.model, method=self.method, gate=gate)
+
     @property
     def threshold(self) -> float:
-        return self.trainer.method.threshold(self.config)
+        return self.method.threshold(self.config)
 
     @property
     def image_size(self) -> int:
@@ -134,9 +142,15 @@ def load_sweep(workdir, epoch: int | None = None) -> Sweep:
     config, seeds = read_config(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoints")
-    trainer = make_train(config, num_train=config.train.batch_size)
-    keys = jnp.stack([seed_key(config.root_seed, s) for s in seeds])
-    like = jax.eval_shape(jax.vmap(trainer.init), keys)
+    model = train.make_model(config)
+    init = functools.partial(
+        train.init_state,
+        model=model,
+        tx=train.make_optimizer(config),
+        image_size=config.data.image_size,
+    )
+    keys = jnp.stack([train.seed_key(config.root_seed, s) for s in seeds])
+    like = jax.eval_shape(jax.vmap(init), keys)
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     try:
         kept = ckpt.epochs()
@@ -164,7 +178,8 @@ def load_sweep(workdir, epoch: int | None = None) -> Sweep:
         config=config,
         seeds=tuple(seeds),
         epoch=int(epoch),
-        trainer=trainer,
+        model=model,
+        method=methods.of(config),
         states=states,
         diverged=np.asarray(states.diverged, bool),
     )
@@ -215,7 +230,7 @@ class ModelScorer:
         states = jax.tree_util.tree_map(lambda x: x[index], sweep.states)
         # Inference reads params and batch_stats only: leave the Adam moments on the host.
         self._states = jax.device_put(states.replace(opt_state=None))
-        predict = sweep.trainer.predict
+        predict = sweep.predict
 
         def mean_score(states, images):
             self.num_traces += 1  # runs at trace time only

@@ -216,7 +216,7 @@ def test_load_sweep_and_scorers_match_trainer_predict(sweep, ensemble):
     assert sweep.threshold == 0.5 and sweep.image_size == 32
     images = np.random.default_rng(0).uniform(-1, 1, (11, 32, 32)).astype(np.float32)
     per_seed = np.asarray(
-        jax.jit(jax.vmap(sweep.trainer.predict, in_axes=(0, None)))(sweep.states, images)
+        jax.jit(jax.vmap(sweep.predict, in_axes=(0, None)))(sweep.states, images)
     )
     assert ensemble.seeds == [0, 1]
     np.testing.assert_allclose(ensemble(images), per_seed.mean(axis=0), atol=1e-6)
