@@ -69,6 +69,22 @@ class TrainState(flax.struct.PyTreeNode):
     diverged: jnp.ndarray
 
 
+class GridTrainState(TrainState):
+    """A :class:`TrainState` that carries traced hyperparameters of a grid point.
+
+    Attributes:
+      hparams: {"smoothing_sigma": () float32} — the model-side values of :data:`TRACED`
+        (a traced learning rate lives in ``opt_state.hyperparams``). Vmapped with the seeds, one
+        compiled program trains every grid point × seed.
+    """
+
+    hparams: Any = None
+
+
+# Grid fields that are traced (vmapped next to the seeds) rather than compiled once per value.
+TRACED = ("model.smoothing_sigma", "train.learning_rate")
+
+
 def seed_key(root_seed: int, seed: int) -> jnp.ndarray:
     """The key of seed ``seed``: fold_in(PRNGKey(root_seed), seed), (2,) uint32."""
     return jax.random.fold_in(jax.random.PRNGKey(root_seed), seed)
@@ -103,8 +119,13 @@ def make_model(config: ml_collections.ConfigDict, smoothing: bool | None = None)
     )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, traced_lr: bool = False
+) -> optax.GradientTransformation:
+    """Adam; with ``traced_lr`` its learning rate is state (``optax.inject_hyperparams``)."""
     t = config.train
+    if traced_lr:
+        return optax.inject_hyperparams(optax.adam)(learning_rate=t.learning_rate, b1=t.b1, b2=t.b2)
     return optax.adam(t.learning_rate, b1=t.b1, b2=t.b2)
 
 
@@ -118,28 +139,54 @@ def _all_finite(tree) -> jnp.ndarray:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def init_state(key, *, model, tx, image_size: int) -> TrainState:
-    """A seed's initial state from its key (2,) uint32 (init draws from ``fold_in(key, INIT)``)."""
+def init_state(key, hparams=None, *, model, tx, image_size: int) -> TrainState:
+    """A seed's initial state from its key (2,) uint32 (init draws from ``fold_in(key, INIT)``).
+
+    Args:
+      key: the seed's key.
+      hparams: optional {field of :data:`TRACED`: () value} of a grid point; the state is then a
+        :class:`GridTrainState` (``tx`` must come from ``make_optimizer(..., traced_lr=True)``
+        for a learning rate).
+    """
     variables = model.init(
         jax.random.fold_in(key, INIT),
         jnp.zeros((1, image_size, image_size), jnp.float32),
         train=False,
     )
     params = variables["params"]
-    return TrainState(
+    opt_state = tx.init(params)
+    hparams = dict(hparams or {})
+    if "train.learning_rate" in hparams:
+        lr = jnp.asarray(hparams.pop("train.learning_rate"), jnp.float32)
+        opt_state.hyperparams["learning_rate"] = lr
+    fields = dict(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables["batch_stats"],
-        opt_state=tx.init(params),
+        opt_state=opt_state,
         rng=key,
         diverged=jnp.zeros((), bool),
     )
+    if "model.smoothing_sigma" in hparams:
+        sigma = jnp.asarray(hparams.pop("model.smoothing_sigma"), jnp.float32)
+        return GridTrainState(**fields, hparams={"smoothing_sigma": sigma})
+    if hparams:
+        raise ValueError(f"{sorted(hparams)}: not traced; traced grid fields are {TRACED}")
+    return TrainState(**fields)
+
+
+def _model_kwargs(state: TrainState) -> dict:
+    """The traced model inputs of a grid point's state (none for a plain TrainState)."""
+    return dict(state.hparams) if isinstance(state, GridTrainState) else {}
 
 
 def apply_model(state: TrainState, images: jnp.ndarray, *, model) -> dict[str, jnp.ndarray]:
     """The model's outputs in evaluation mode (running BatchNorm statistics)."""
     return model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
+        {"params": state.params, "batch_stats": state.batch_stats},
+        images,
+        train=False,
+        **_model_kwargs(state),
     )
 
 
@@ -167,6 +214,7 @@ def train_step(state, batch, class_weights, rng, *, model, tx, method: Method, g
             images,
             train=True,
             mutable=["batch_stats"],
+            **_model_kwargs(state),
         )
         num, den = method.loss(outputs, masks, labels, class_weights)
         return num / den, updates["batch_stats"]
@@ -281,7 +329,7 @@ class Trainer:
     """The per-seed functions of one experiment, bound to its config (shapes: module docstring).
 
     Attributes:
-      init: key (2,) -> TrainState.
+      init: (key (2,), hparams=None) -> TrainState (a :class:`GridTrainState` for a grid point).
       train_epoch: (state, train_split, class_weights, epoch) -> (state, {"loss_sum", "steps"}).
       train_steps: like train_epoch but only ``length`` steps from step ``start`` of the epoch
         (a ``functools.partial``-bound static length); splits an epoch for a finer progress bar.
@@ -310,15 +358,23 @@ class Trainer:
     method: Method
 
 
-def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
+def make_train(
+    config: ml_collections.ConfigDict, num_train: int, traced: tuple[str, ...] = ()
+) -> Trainer:
     """Binds the step functions to ``config``.
 
     Args:
       config: an experiment config (see ``cmseg_jax.config_base``).
       num_train: number of training slices (fixes the number of steps per epoch).
+      traced: fields of :data:`TRACED` that vary per seed (a grid); ``init`` then takes
+        ``(key, hparams)`` with their values.
     """
+    unknown = set(traced) - set(TRACED)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)}: not traced; traced grid fields are {TRACED}")
     method = methods.of(config)
-    model, tx = make_model(config), make_optimizer(config)
+    model = make_model(config)
+    tx = make_optimizer(config, traced_lr="train.learning_rate" in traced)
     batch_size = config.train.batch_size
     steps_per_epoch = num_train // batch_size
     if steps_per_epoch < 1:

@@ -211,12 +211,14 @@ class ConvMixerSeg(nn.Module):
     decoder_chunk: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, train: bool) -> dict[str, Array]:
+    def __call__(self, x: Array, train: bool, smoothing_sigma: Array | None = None) -> dict:
         """Forward pass.
 
         Args:
           x: (B, S, S) or (B, S, S, C_in) images with intensities in [-1, 1].
           train: BatchNorm uses batch statistics (and updates running ones) when True.
+          smoothing_sigma: optional () σ of the Gaussian in place of the attribute's, which may
+            be traced (a σ axis vmapped next to the seeds); used only if the model smooths.
 
         Returns:
           dict with ``maps`` (B, S, S, K) float32 class maps (logits for 'seg', CAMs for
@@ -293,7 +295,8 @@ class ConvMixerSeg(nn.Module):
         )(y)
         if self.smoothing_sigma > 0:
             # The taps and the smoothed maps stay float32 whatever the compute dtype.
-            maps = gaussian_smooth(maps, self.smoothing_sigma, self.smoothing_size)
+            sigma = self.smoothing_sigma if smoothing_sigma is None else smoothing_sigma
+            maps = gaussian_smooth(maps, sigma, self.smoothing_size)
         return heads.seg_outputs(maps) if pooled is None else {"maps": maps, "pooled": pooled}
 
 
