@@ -240,7 +240,8 @@ def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
         old = workdir_io.config_record(*workdir_io.read_config(workdir))
     except (OSError, errors.IOFailure) as e:
         raise errors.IOFailure(
-            f"{errors.first_line(e)}; the workdir's run cannot be identified"
+            f"{path}: unreadable ({errors.first_line(e.__cause__ or e)}); the workdir's run "
+            "cannot be identified"
         ) from None
     old, new = _flatten(old), _flatten(record)
     defaults = _flatten(json.loads(get_base_config().to_json()))
