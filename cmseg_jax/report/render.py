@@ -268,7 +268,9 @@ def run_markdown(run: Run, entry: dict) -> list[str]:
     return md
 
 
-def comparison_markdown(runs: Sequence[Run], comparisons: dict[str, list[dict]], alpha: float):
+def comparison_markdown(
+    runs: Sequence[Run], comparisons: dict[str, list[dict]], alpha: float
+) -> list[str]:
     """The ``## Comparison`` section of ``report.md``: every run against the first."""
     md = ["", f"## Comparison with baseline `{runs[0].name}`", ""]
     # Comparing a run in progress with a finished one compares different epochs: say so.
