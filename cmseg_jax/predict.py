@@ -34,7 +34,6 @@ import argparse
 import csv
 import dataclasses
 import functools
-import json
 import pathlib
 import re
 import sys
@@ -49,6 +48,7 @@ from jax import lax
 from tqdm import tqdm
 
 from cmseg_jax import checkpoint, errors, methods, metrics, train, volume_io
+from cmseg_jax import workdir as workdir_io
 from cmseg_jax.data import lits
 from cmseg_jax.data.lits import DataError
 from cmseg_jax.train import TrainState
@@ -62,19 +62,6 @@ _LITS_SEG_RE = re.compile(r"^segmentation-(\d+)\.nii(\.gz)?$")
 
 # ----------------------------------------------------------------------------------------------
 # Loading a sweep.
-
-
-def read_config(workdir) -> tuple[ml_collections.ConfigDict, list[int]]:
-    """The resolved config and the seed list of a sweep's ``config.json``."""
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; is {workdir} a sweep workdir?")
-    try:
-        record = json.loads(path.read_text())
-        seeds = [int(s) for s in record.pop("seeds")]
-        return ml_collections.ConfigDict(record), seeds
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise errors.IOFailure(f"{path}: not a sweep's config.json ({errors.first_line(e)})") from e
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -139,7 +126,7 @@ def load_sweep(workdir, epoch: int | None = None) -> Sweep:
       IOFailure: the checkpoint is corrupt (checksums) or no checkpoint is intact.
     """
     workdir = pathlib.Path(workdir)
-    config, seeds = read_config(workdir)
+    config, seeds = workdir_io.read_config(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoints")
     model = train.make_model(config)

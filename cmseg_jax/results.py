@@ -1,16 +1,14 @@
-"""Per-epoch logs and final result files of a sweep (host side; see docs/workdir.md)."""
+"""What a sweep records, as values and text (host side): the per-epoch rows of ``metrics.jsonl``,
+the final per-seed table of ``results.csv`` and the thesis table of ``summary.md`` and the report.
+
+The files themselves are written and read by :mod:`cmseg_jax.workdir`.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import pathlib
-import sys
-
 import numpy as np
 
-from cmseg_jax import io_utils, metrics, stats
+from cmseg_jax import metrics, stats
 from cmseg_jax.data.dataset import SPLITS
 
 SPLIT_TITLES = {"train": "Training", "val": "Validation", "test": "Testing"}
@@ -23,6 +21,13 @@ ROW_TITLES = {
     "precision": "Prec",
     "recall": "Rec",
 }
+
+
+def metric_title(metric: str) -> str:
+    """``"cls_mcc" -> "Cls-MCC"``, ``"precision" -> "Prec"``, ``"loss" -> "Loss"``."""
+    base = metric.removeprefix("cls_")
+    title = ROW_TITLES.get(base, base.capitalize())
+    return f"Cls-{title}" if metric.startswith("cls_") else title
 
 
 def metric_row(confusion, cls_confusion) -> dict[str, float]:
@@ -68,57 +73,6 @@ def epoch_records(epoch, seeds, train_loss, evals, diverged) -> list[dict]:
     return rows
 
 
-def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
-    """Adds ``rows`` to ``path`` by rewriting it atomically (the old lines and the new).
-
-    A write that fails (a full disk) or is killed leaves the previous file, never a torn line.
-    """
-    path = pathlib.Path(path)
-    old = path.read_text() if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    io_utils.write_text(path, old + "".join(json.dumps(row) + "\n" for row in rows))
-
-
-def _parse_lines(path: pathlib.Path) -> tuple[list[tuple[str, dict]], int]:
-    """(line, row) of every readable row of ``path`` and the number of lines that are not a JSON
-    object with an epoch (torn by a write cut short)."""
-    out, bad = [], 0
-    for line in pathlib.Path(path).read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            out.append((line, row))
-        else:
-            bad += 1
-    return out, bad
-
-
-def truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
-    """Drops rows of epochs after ``last_epoch`` (logged before a crash, not checkpointed).
-
-    Unreadable lines (torn by a full disk or a kill) are dropped too, with a one-line warning
-    naming the file, so they never block a resume.
-    """
-    path = pathlib.Path(path)
-    if not path.exists():
-        return
-    lines, bad = _parse_lines(path)
-    if bad:
-        print(
-            f"warning: {path}: dropped {bad} unreadable line(s) (a write cut short)",
-            file=sys.stderr,
-            flush=True,
-        )
-    kept = [line for line, row in lines if row["epoch"] <= last_epoch]
-    io_utils.write_text(path, "".join(line + "\n" for line in kept))
-
-
 def final_table(seeds, confusion, cls_confusion, diverged) -> dict[str, dict[str, np.ndarray]]:
     """split -> metric -> (S,) values; NaN for diverged seeds."""
     table = {}
@@ -126,17 +80,6 @@ def final_table(seeds, confusion, cls_confusion, diverged) -> dict[str, dict[str
         rows = [metric_row(confusion[i, j], cls_confusion[i, j]) for i in range(len(seeds))]
         table[split] = {m: np.where(diverged, np.nan, [r[m] for r in rows]) for m in RESULT_METRICS}
     return table
-
-
-def results_csv(seeds, table) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["seed", "split", "metric", "value"])
-    for i, seed in enumerate(seeds):
-        for split in SPLITS:
-            for m in RESULT_METRICS:
-                writer.writerow([int(seed), split, m, f"{table[split][m][i]:.6g}"])
-    return out.getvalue()
 
 
 def summary_markdown(name, seeds, table, diverged, data_description) -> str:
@@ -157,12 +100,30 @@ def summary_markdown(name, seeds, table, diverged, data_description) -> str:
         "| | " + " | ".join(SPLIT_TITLES[s] for s in SPLITS) + " |",
         "|---|" + "---|" * len(SPLITS),
     ]
-    for m in RESULT_METRICS:
-        base = m.removeprefix("cls_")
-        title = ("Cls-" if m.startswith("cls_") else "") + ROW_TITLES[base]
-        cells = []
-        for split in SPLITS:
-            s = stats.summarize(table[split][m])
-            cells.append(stats.format_cell(s["mean"], s["std"], s["median"]))
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in thesis_table_rows(table)]
     return "\n".join(lines) + "\n"
+
+
+def thesis_table_rows(
+    values: dict[str, dict[str, np.ndarray]], num_ok: int | None = None
+) -> list[list[str]]:
+    """The body of the thesis' results table (tables 8.1-8.6), as cells.
+
+    One row per metric of :data:`RESULT_METRICS` that ``values`` has: its title, then per split
+    (Training, Validation, Testing) ``mean ± std (median)`` over seeds, std with ``ddof = 1``,
+    NaN (diverged) values left out.
+
+    Args:
+        values: split -> metric -> ``(S,)`` per-seed values.
+        num_ok: the run's number of seeds that did not diverge; a cell over another number of
+            seeds says ``[n=..]``. None: no such marks.
+    """
+    rows = []
+    for m in (m for m in RESULT_METRICS if m in values[SPLITS[0]]):
+        cells = [metric_title(m)]
+        for split in SPLITS:
+            s = stats.summarize(values[split][m])
+            cell = stats.format_cell(s["mean"], s["std"], s["median"])
+            cells.append(cell if num_ok is None or s["n"] == num_ok else f"{cell} [n={s['n']}]")
+        rows.append(cells)
+    return rows

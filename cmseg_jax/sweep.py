@@ -38,6 +38,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from cmseg_jax import checkpoint, config_base, cost, errors, io_utils, methods, results, validate
+from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset
 from cmseg_jax.models.convmixerseg import count_params
@@ -187,12 +188,6 @@ def _host(tree):
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
-def _config_record(config: ml_collections.ConfigDict, seeds: list[int]) -> dict:
-    record = json.loads(config.to_json())
-    record["seeds"] = list(seeds)
-    return record
-
-
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
@@ -222,7 +217,9 @@ def _holds_a_run(workdir: pathlib.Path) -> bool:
     """Whether anything was trained or logged in ``workdir`` (a checkpoint or a result file)."""
     ckpts = workdir / "checkpoints"
     trained = ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
-    logged = any((workdir / n).exists() for n in ("metrics.jsonl", "results.csv", "interrupted"))
+    logged = any(
+        (workdir / n).exists() for n in (workdir_io.METRICS, workdir_io.RESULTS, "interrupted")
+    )
     return trained or logged
 
 
@@ -234,18 +231,17 @@ def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
     :data:`EXECUTION_FIELDS` may differ. A workdir without any checkpoint or result (a start
     that failed) takes the new config.
     """
-    path = workdir / "config.json"
+    path = workdir / workdir_io.CONFIG
     if workdir.exists() and not workdir.is_dir():
         raise errors.IOFailure(f"{workdir}: not a directory (--workdir)")
     if not path.exists() or not _holds_a_run(workdir):
         return
     try:
-        old = json.loads(path.read_text())
-        if not isinstance(old, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
+        old = workdir_io.config_record(*workdir_io.read_config(workdir))
+    except (OSError, errors.IOFailure) as e:
         raise errors.IOFailure(
-            f"{path}: unreadable ({errors.first_line(e)}); the workdir's run cannot be identified"
+            f"{path}: unreadable ({errors.first_line(e.__cause__ or e)}); the workdir's run "
+            "cannot be identified"
         ) from None
     old, new = _flatten(old), _flatten(record)
     defaults = _flatten(json.loads(get_base_config().to_json()))
@@ -510,7 +506,7 @@ def run(
     stop = stop or errors.StopSignals()
     config = config_base.resolve(config)
     validate.check_config(config)
-    record = _config_record(config, seeds)
+    record = workdir_io.config_record(config, seeds)
     _check_workdir(workdir, record)
     _check_writable(workdir)
 
@@ -520,7 +516,7 @@ def run(
     print(f"DATA: {data_description}", file=sys.stderr, flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
     io_utils.remove_orphans(workdir)
-    io_utils.write_json(workdir / "config.json", record)
+    workdir_io.write_config(workdir, config, seeds)
     weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
     host_data = {
         # One padded copy serves training (which draws only the real slices) and evaluation.
@@ -551,8 +547,7 @@ def run(
 
     ckpt = checkpoint.Checkpointer(workdir)
     interrupted = checkpoint.InterruptedCheckpoint(workdir)
-    jsonl = workdir / "metrics.jsonl"
-    start, restored, resume = _resume(ckpt, interrupted, _take(states, num), jsonl)
+    start, restored, resume = _resume(ckpt, interrupted, _take(states, num), workdir)
     if restored is not None:
         states = jax.device_put(_pad_state(restored, len(keys)), layout.seeds)
 
@@ -599,8 +594,8 @@ def run(
         elif epoch % config.eval.every_epochs == 0:
             evals = _evaluate(fns.evaluate, states, data, class_weights, num)
         if epoch == epochs or epoch % config.eval.every_epochs == 0:
-            results.append_jsonl(
-                jsonl, results.epoch_records(epoch, seeds, train_loss, evals, diverged)
+            workdir_io.append_metrics(
+                workdir, results.epoch_records(epoch, seeds, train_loss, evals, diverged)
             )
         if diverged.any():
             logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
@@ -636,7 +631,7 @@ def _check_writable(workdir: pathlib.Path) -> None:
         raise errors.IOFailure(f"{existing}: not writable (--workdir={workdir})")
 
 
-def _resume(ckpt, interrupted, like, jsonl: pathlib.Path):
+def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
     """Where a workdir's run stands: (last complete epoch, its state or None, and the
     ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way)."""
     had = bool(ckpt.epochs())
@@ -648,16 +643,16 @@ def _resume(ckpt, interrupted, like, jsonl: pathlib.Path):
     if part is not None:
         restored, resume = part[1], (part[0], part[2])
     if start or resume is not None:
-        results.truncate_jsonl(jsonl, start)
+        workdir_io.truncate_metrics(workdir, start)
         where = f"after epoch {start}"
         if resume is not None:
             where += f", in epoch {start + 1} after step {resume[0]}"
-        logging.info("resuming %s %s", jsonl.parent, where)
-        print(f"RESUME: {jsonl.parent} {where}", file=sys.stderr, flush=True)
+        logging.info("resuming %s %s", workdir, where)
+        print(f"RESUME: {workdir} {where}", file=sys.stderr, flush=True)
     else:
         if had:
             _warn(f"{ckpt.directory}: no intact checkpoint left; training from the start")
-        jsonl.unlink(missing_ok=True)
+        workdir_io.remove_metrics(workdir)
     return start, restored, resume
 
 
@@ -695,25 +690,18 @@ def _evaluate(evaluate, states, data, class_weights, num) -> dict:
     return jax.tree_util.tree_map(lambda x: x[:num], _host(evals))
 
 
-def _write_final(config, workdir, suffix, seeds, evals, diverged) -> dict:
+def _write_final(workdir, variant, seeds, evals, diverged) -> dict:
     """final_stats{suffix}.npz and results{suffix}.csv from final evaluation sums; the table."""
     confusion = np.stack([np.asarray(evals[s]["confusion"], np.int64) for s in SPLITS], axis=1)
     cls_confusion = np.stack(
         [np.asarray(evals[s]["cls_confusion"], np.int64) for s in SPLITS], axis=1
     )
     hists = np.stack([np.asarray(evals[s]["histograms"], np.int64) for s in SPLITS], axis=1)
-    io_utils.write_npz(
-        workdir / f"final_stats{suffix}.npz",
-        seeds=np.asarray(seeds, np.int64),
-        splits=np.asarray(SPLITS),
-        confusion=confusion,
-        cls_confusion=cls_confusion,
-        hist_liver=hists[:, :, 0],
-        hist_background=hists[:, :, 1],
-        bin_edges=np.linspace(0.0, 1.0, config.eval.score_bins + 1),
+    workdir_io.write_final_stats(
+        workdir, seeds, confusion, cls_confusion, hists[:, :, 0], hists[:, :, 1], variant
     )
     table = results.final_table(seeds, confusion, cls_confusion, diverged)
-    io_utils.write_text(workdir / f"results{suffix}.csv", results.results_csv(seeds, table))
+    workdir_io.write_results_csv(workdir, seeds, table, variant)
     return table
 
 
@@ -725,11 +713,11 @@ def _finish(
     diverged = np.asarray(states.diverged)[:num]
     if evals is None:  # a finished workdir re-run: evaluate the restored state
         evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
-    table = _write_final(config, workdir, "", seeds, evals, diverged)
+    table = _write_final(workdir, "default", seeds, evals, diverged)
     summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
     if fns.evaluate_final_no_smoothing is not None:
         evals = _evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
-        table_ns = _write_final(config, workdir, "_no_smoothing", seeds, evals, diverged)
+        table_ns = _write_final(workdir, "no_smoothing", seeds, evals, diverged)
         summary += "\n" + results.summary_markdown(
             f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
             seeds,
@@ -737,19 +725,17 @@ def _finish(
             diverged,
             data_description,
         )
-    io_utils.write_text(workdir / "summary.md", summary)
+    workdir_io.write_summary(workdir, summary)
     _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
     device = jax.devices()[0]
-    io_utils.write_json(
-        workdir / "run.json",
-        {
-            "seeds": [int(s) for s in seeds],
-            "diverged": [int(s) for s, d in zip(seeds, diverged, strict=True) if d],
-            "epochs_completed": int(config.train.epochs),
-            "num_epochs": int(config.train.epochs),
-            "data": data_description,
-            "device": f"{device.platform}:{device.device_kind}",
-        },
+    workdir_io.write_run_info(
+        workdir,
+        seeds=seeds,
+        diverged=[s for s, d in zip(seeds, diverged, strict=True) if d],
+        epochs_completed=config.train.epochs,
+        num_epochs=config.train.epochs,
+        data=data_description,
+        device=f"{device.platform}:{device.device_kind}",
     )
     return {"seeds": seeds, "diverged": diverged, "table": table, "summary": summary}
 
@@ -775,14 +761,13 @@ def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) 
     for row in picks:
         state = jax.tree_util.tree_map(lambda x, r=row: x[r], states)
         scores.append(np.asarray(fns.predict(state, jnp.asarray(images)), np.float16))
-    io_utils.write_npz(
-        workdir / "examples.npz",
+    workdir_io.write_examples(
+        workdir,
         images=images,
         masks=test["masks"][chosen],
-        seeds=np.asarray([seeds[r] for r in picks], np.int64),
-        roles=np.asarray(["best", "median", "worst"]),
+        seeds=[seeds[r] for r in picks],
         scores=np.stack(scores),
-        threshold=np.float32(methods.of(config).threshold(config)),
+        threshold=methods.of(config).threshold(config),
     )
 
 

@@ -1,7 +1,9 @@
-"""Shared fixtures: a private data cache and the tiny configs."""
+"""Shared fixtures: a private data cache, the tiny configs and a real tiny sweep."""
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -27,3 +29,41 @@ def data_cache(tmp_path_factory):
         os.environ.pop("CMSEG_CACHE", None)
     else:
         os.environ["CMSEG_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def cli_env(data_cache) -> dict:
+    """Environment of a CLI subprocess: CPU, data and compiled programs cached in $CMSEG_CACHE."""
+    return dict(
+        os.environ,
+        CMSEG_CACHE=str(data_cache),
+        JAX_COMPILATION_CACHE_DIR=str(data_cache / "jax_compilation_cache"),
+        JAX_PLATFORMS="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, cli_env):
+    """A real 2-seed cam_beta:tiny sweep, trained through the CLI.
+
+    Its phantom data and JAX's persistent compilation cache live under ``$CMSEG_CACHE``
+    (:func:`data_cache`: a pytest temp dir that outlives one session): compiling the training
+    step dominates a cold run (over a minute on two busy cores); a warm run takes ~15 s. Shared
+    by the predict and report tests.
+    """
+    workdir = tmp_path_factory.mktemp("sweep") / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmseg_jax.sweep",
+        "--config",
+        "configs/cam_beta.py:tiny",
+        "--num_seeds",
+        "2",
+        "--workdir",
+        str(workdir),
+        "--progress=false",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir

@@ -2,7 +2,6 @@
 
 import csv
 import itertools
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,44 +21,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def reference():
     return nv.phantom_reference()
-
-
-def _cli_env(fallback_cache: pathlib.Path) -> dict:
-    """Environment of a CLI subprocess: CPU, data and compiled programs cached in $CMSEG_CACHE."""
-    cache = pathlib.Path(os.environ.get("CMSEG_CACHE") or fallback_cache)
-    return dict(
-        os.environ,
-        CMSEG_CACHE=str(cache),
-        JAX_COMPILATION_CACHE_DIR=str(cache / "jax_compilation_cache"),
-        JAX_PLATFORMS="cpu",
-    )
-
-
-@pytest.fixture(scope="session")
-def tiny_sweep(tmp_path_factory):
-    """A real 2-seed cam_beta:tiny sweep, trained through the CLI.
-
-    Its phantom data and JAX's persistent compilation cache live under ``$CMSEG_CACHE`` (the
-    conftest points it at a pytest temp dir that outlives one session): compiling the training step
-    dominates a cold run (over a minute on two busy cores); a warm run takes ~15 s.
-    """
-    workdir = tmp_path_factory.mktemp("sweep") / "run"
-    env = _cli_env(tmp_path_factory.mktemp("cache"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "cmseg_jax.sweep",
-        "--config",
-        "configs/cam_beta.py:tiny",
-        "--num_seeds",
-        "2",
-        "--workdir",
-        str(workdir),
-        "--progress=false",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
 
 
 @pytest.fixture(scope="session")
@@ -215,9 +176,7 @@ def test_load_sweep_and_scorers_match_trainer_predict(sweep, ensemble):
     assert jax.tree_util.tree_leaves(sweep.states)[0].shape[0] == 2
     assert sweep.threshold == 0.5 and sweep.image_size == 32
     images = np.random.default_rng(0).uniform(-1, 1, (11, 32, 32)).astype(np.float32)
-    per_seed = np.asarray(
-        jax.jit(jax.vmap(sweep.predict, in_axes=(0, None)))(sweep.states, images)
-    )
+    per_seed = np.asarray(jax.jit(jax.vmap(sweep.predict, in_axes=(0, None)))(sweep.states, images))
     assert ensemble.seeds == [0, 1]
     np.testing.assert_allclose(ensemble(images), per_seed.mean(axis=0), atol=1e-6)
     one = predict.ModelScorer(sweep, [1], batch_size=8)
@@ -303,7 +262,7 @@ def test_cli_errors(tmp_path, reference, tiny_sweep, capsys):
         predict.main([*args, "--seed", "0", "--ensemble", str(variant.volume_path), out])
 
 
-def test_cli_module_over_a_directory(tmp_path, reference, tiny_sweep):
+def test_cli_module_over_a_directory(tmp_path, reference, tiny_sweep, cli_env):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     names = ["lps_int16_nii", "float32", "pad_minus_3024"]
     variants = [nv.write_variant(reference, n, in_dir / n, case_id=i) for i, n in enumerate(names)]
@@ -325,8 +284,7 @@ def test_cli_module_over_a_directory(tmp_path, reference, tiny_sweep):
         str(csv_path),
         "--no-progress",
     ]
-    env = _cli_env(tmp_path / "cache")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     total = np.zeros(4, np.int64)
     for i, v in enumerate(variants):

@@ -1,4 +1,4 @@
-"""cmseg_jax.report on synthetic workdirs written exactly as docs/workdir.md specifies."""
+"""cmseg_jax.report on synthetic workdirs (written by cmseg_jax.workdir) and on a real sweep's."""
 
 import csv
 import json
@@ -11,7 +11,9 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import average_precision_score
 
-from cmseg_jax import metrics, report, stats
+from cmseg_jax import metrics, report, results, stats
+from cmseg_jax import workdir as workdir_io
+from cmseg_jax.config_base import get_base_config
 
 SPLITS = ("train", "val", "test")
 CSV_METRICS = ("acc", "mcc", "iou", "dice", "precision", "recall") + tuple(
@@ -43,10 +45,10 @@ def _conf(pred, target):
     ]
 
 
-def _write_final(path, suffix, seeds, quality, diverged, rng):
-    """final_stats{suffix}.npz and results{suffix}.csv as the sweep writes them.
+def _write_final(path, variant, seeds, quality, diverged, rng):
+    """final_stats{suffix}.npz and results{suffix}.csv of ``variant``, through the sweep's writers.
 
-    Returns the raw test scores per seed and the confusion counts (S, 3, 4).
+    Returns the raw test scores per seed, the confusion counts (S, 3, 4) and the results table.
     """
     test_scores = {}
     confusion = np.zeros((len(seeds), 3, 4), np.int64)
@@ -64,27 +66,14 @@ def _write_final(path, suffix, seeds, quality, diverged, rng):
             cls_confusion[i, j] = _conf(cls_pred, cls_target)
             hist_liver[i, j] = _hist(scores, target)
             hist_background[i, j] = _hist(scores, ~target)
-    np.savez_compressed(
-        path / f"final_stats{suffix}.npz",
-        seeds=np.asarray(seeds, np.int64),
-        splits=np.asarray(SPLITS),
-        confusion=confusion,
-        cls_confusion=cls_confusion,
-        hist_liver=hist_liver,
-        hist_background=hist_background,
-        bin_edges=np.linspace(0, 1, BINS + 1),
+    workdir_io.write_final_stats(
+        path, seeds, confusion, cls_confusion, hist_liver, hist_background, variant
     )
-    with open(path / f"results{suffix}.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["seed", "split", "metric", "value"])
-        for i, s in enumerate(seeds):
-            for j, split in enumerate(SPLITS):
-                seg = metrics.metrics_from_confusion(confusion[i, j])
-                cls = metrics.metrics_from_confusion(cls_confusion[i, j])
-                for m in CSV_METRICS:
-                    v = cls[m[4:]] if m.startswith("cls_") else seg[m]
-                    writer.writerow([s, split, m, "nan" if s in diverged else f"{float(v):.6g}"])
-    return test_scores, confusion
+    bad = np.array([s in diverged for s in seeds])
+    table = results.final_table(seeds, confusion, cls_confusion, bad)
+    table = {split: {m: table[split][m] for m in CSV_METRICS} for split in SPLITS}
+    workdir_io.write_results_csv(path, seeds, table, variant)
+    return test_scores, confusion, table
 
 
 def make_workdir(
@@ -99,7 +88,7 @@ def make_workdir(
     rng_seed=0,
     no_smoothing=False,
 ):
-    """A fake sweep workdir following docs/workdir.md.
+    """A synthetic sweep workdir, written by the sweep's writers (cmseg_jax.workdir).
 
     A finished run has config.json, metrics.jsonl, results.csv, final_stats.npz, examples.npz,
     run.json and summary.md; an unfinished one only config.json and metrics.jsonl (what a sweep
@@ -113,47 +102,41 @@ def make_workdir(
     rng = np.random.default_rng(rng_seed)
     seeds = list(seeds)
     quality = {s: float(np.clip(rng.beta(5, 2) + quality_shift, 0, 1)) for s in seeds}
-    (path / "config.json").write_text(
-        json.dumps({"name": path.name, "train": {"epochs": num_epochs}, "seeds": seeds})
-    )
+    config = get_base_config()
+    config.name = path.name
+    config.train.epochs = num_epochs
+    workdir_io.write_config(path, config, seeds)
 
-    lines = []
     for epoch in range(1, epochs + 1):
-        for s in seeds:
-            bad = s in diverged and epoch == epochs
-            for split in SPLITS:
-                q = quality[s] * epoch / num_epochs
-                scores, target = _scores(rng, q, 500)
-                conf = _conf(scores >= 0.5, target)
+        q = np.array([quality[s] * epoch / num_epochs for s in seeds])
+        conf = np.zeros((len(seeds), 3, 4), np.int64)
+        cls_conf = np.zeros((len(seeds), 3, 4), np.int64)
+        for i in range(len(seeds)):
+            for j in range(len(SPLITS)):
+                scores, target = _scores(rng, q[i], 500)
+                conf[i, j] = _conf(scores >= 0.5, target)
                 cls_target = rng.random(20) < 0.5
-                cls_pred = np.where(rng.random(20) < 0.5 + q / 2, cls_target, ~cls_target)
-                cls_conf = _conf(cls_pred, cls_target)
-                row = {
-                    "epoch": epoch,
-                    "seed": s,
-                    "split": split,
-                    "loss": 1 - q,
-                    "diverged": bool(bad),
-                }
-                row |= dict(zip(("tp", "fp", "fn", "tn"), map(int, conf), strict=True))
-                row |= dict(
-                    zip(("cls_tp", "cls_fp", "cls_fn", "cls_tn"), map(int, cls_conf), strict=True)
-                )
-                row |= {k: float(v) for k, v in metrics.metrics_from_confusion(conf).items()}
-                cls = metrics.metrics_from_confusion(cls_conf)
-                row |= {
-                    f"cls_{k}": float(cls[k]) for k in ("acc", "mcc", "iou", "precision", "recall")
-                }
-                lines.append(json.dumps(row))
-    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+                cls_pred = np.where(rng.random(20) < 0.5 + q[i] / 2, cls_target, ~cls_target)
+                cls_conf[i, j] = _conf(cls_pred, cls_target)
+        evals = {
+            split: {
+                "loss_num": 1 - q,
+                "loss_den": np.ones(len(seeds)),
+                "confusion": conf[:, j],
+                "cls_confusion": cls_conf[:, j],
+            }
+            for j, split in enumerate(SPLITS)
+        }
+        bad = np.array([s in diverged and epoch == epochs for s in seeds])
+        workdir_io.append_metrics(path, results.epoch_records(epoch, seeds, 1 - q, evals, bad))
     if not finished:
         return None
 
-    test_scores, confusion = _write_final(path, "", seeds, quality, diverged, rng)
+    test_scores, confusion, table = _write_final(path, "default", seeds, quality, diverged, rng)
     if no_smoothing:
         # Another evaluation of the same seeds: a worse model, other counts and histograms.
         worse = {s: q * 0.6 for s, q in quality.items()}
-        _write_final(path, "_no_smoothing", seeds, worse, diverged, rng)
+        _write_final(path, "no_smoothing", seeds, worse, diverged, rng)
 
     ok = [s for s in seeds if s not in diverged]
     val_mcc = {s: metrics.metrics_from_confusion(confusion[seeds.index(s), 1])["mcc"] for s in ok}
@@ -167,28 +150,20 @@ def make_workdir(
     scores = np.stack(
         [np.clip(masks * quality[s] + rng.random(masks.shape) * 0.4, 0, 1) for s in picks]
     ).astype(np.float16)
-    np.savez_compressed(
-        path / "examples.npz",
-        images=images,
-        masks=masks,
-        seeds=np.asarray(picks, np.int64),
-        roles=np.asarray(["best", "median", "worst"]),
-        scores=scores,
-        threshold=np.float32(0.5),
+    workdir_io.write_examples(path, images, masks, picks, scores, threshold=0.5)
+    workdir_io.write_run_info(
+        path,
+        seeds,
+        sorted(diverged),
+        epochs_completed=epochs,
+        num_epochs=num_epochs,
+        data="synthetic",
+        device="cpu:test",
     )
-    (path / "run.json").write_text(
-        json.dumps(
-            {
-                "seeds": seeds,
-                "diverged": sorted(diverged),
-                "epochs_completed": epochs,
-                "num_epochs": num_epochs,
-                "data": "synthetic",
-                "device": "cpu:test",
-            }
-        )
+    bad = [s in diverged for s in seeds]
+    workdir_io.write_summary(
+        path, results.summary_markdown(path.name, seeds, table, bad, "synthetic")
     )
-    (path / "summary.md").write_text("# synthetic\n")
     return test_scores
 
 
@@ -504,3 +479,69 @@ def test_variant_npz_without_results_is_noted(tmp_path):
     run = report.load_run(tmp_path / "gs")
     assert run.variants == {}
     assert any("final_stats_no_smoothing.npz without" in n for n in run.notes)
+
+
+def _rows(markdown: str) -> list[str]:
+    """The body rows of the markdown tables in ``markdown`` (header and rule lines left out)."""
+    return [
+        ln
+        for ln in markdown.splitlines()
+        if ln.startswith("| ") and not ln.startswith(("|  |", "| |")) and "---" not in ln
+    ]
+
+
+def test_report_of_a_real_sweep(tiny_sweep, tmp_path):
+    """The report of a real tiny sweep's workdir agrees with that workdir's files."""
+    out = tmp_path / "report"
+    report.main([str(tiny_sweep), "--out", str(out), "--format", "json", "--format", "csv"])
+    md = (out / "report.md").read_text()
+    data = json.loads((out / "report.json").read_text())
+    entry = data["runs"][tiny_sweep.name]
+
+    # Values: results.csv's rows, read here with the csv module (not the report's reader).
+    with open(tiny_sweep / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tiny_sweep / "run.json") as f:
+        info = json.load(f)
+    assert entry["seeds"] == info["seeds"] == [0, 1] and entry["diverged"] == []
+    assert entry["info"] == info and entry["source"] == "results.csv (final)"
+    for split in SPLITS:
+        for metric in results.RESULT_METRICS:
+            want = [float(r["value"]) for r in rows if (r["split"], r["metric"]) == (split, metric)]
+            assert entry["values"][split][metric] == pytest.approx(want), (split, metric)
+            assert entry["summary"][split][metric]["mean"] == pytest.approx(np.mean(want))
+    test_mcc = [float(r["value"]) for r in rows if (r["split"], r["metric"]) == ("test", "mcc")]
+    assert entry["summary"]["test"]["mcc"]["mean"] == pytest.approx(np.mean(test_mcc))
+    mcc_row = "| MCC | " + " | ".join(_cells(tiny_sweep / "results.csv", "mcc")) + " |"
+    assert mcc_row in _section(md, "Results").splitlines()
+
+    # The thesis table: report.md has every row of summary.md's, for both evaluations.
+    summary = (tiny_sweep / "summary.md").read_text()
+    default_md, no_gs_md = summary.split("\n# ")
+    assert _rows(default_md) and _rows(default_md) == _rows(_section(md, "Results"))
+    assert _rows(no_gs_md) == _rows(_section(md, f"Results, {NO_GS}"))
+    assert entry["variants"]["no_smoothing"]["source"] == "results_no_smoothing.csv (final)"
+
+    # Learning curves: one point per epoch of metrics.jsonl, the mean over its seeds.
+    with open(tiny_sweep / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    curve = entry["curves"]["mcc"]["val"]
+    epochs = sorted({r["epoch"] for r in logged})
+    assert curve["epoch"] == epochs == [1, 2]
+    for k, epoch in enumerate(epochs):
+        vals = [r["mcc"] for r in logged if (r["epoch"], r["split"]) == (epoch, "val")]
+        assert curve["n"][k] == 2 and curve["mean"][k] == pytest.approx(np.mean(vals))
+
+    # Fair threshold from final_stats.npz: the fixed-threshold metrics are results.csv's.
+    with np.load(tiny_sweep / "final_stats.npz") as npz:
+        assert entry["fair_threshold"]["seeds"] == npz["seeds"].tolist()
+    test = entry["fair_threshold"]["splits"].index("test")
+    fixed_test_mcc = [row[test] for row in entry["fair_threshold"]["fixed"]["mcc"]]
+    assert fixed_test_mcc == pytest.approx(test_mcc, rel=1e-5, abs=1e-6)
+
+    name = tiny_sweep.name
+    for kind in ("mcc_hist", "curves", "examples"):
+        assert entry["figures"][kind] == f"{name}_{kind}.png"
+        assert f"]({name}_{kind}.png)" in md
+        _assert_png_ok(out / f"{name}_{kind}.png")
+    assert not list(out.glob(".tmp-*"))  # every file written atomically

@@ -1,0 +1,383 @@
+"""The on-disk format of a sweep's workdir (``docs/workdir.md``): its file names, and for each
+file the one function that writes it and the one that reads it.
+
+The sweep writes a workdir, the report and predict read it, and the tests build their fixtures,
+all through this module. Every writer is atomic (:mod:`cmseg_jax.io_utils`). Readers take the
+workdir; files written late in a run's life (every one but ``config.json``) may be absent, and
+their readers then return None (``read_metrics``: no rows).
+
+Evaluation variants: besides the model as trained (``default``: ``results.csv``,
+``final_stats.npz``), a sweep may write extra final evaluations of the same trained parameters
+under a file suffix (:data:`VARIANTS`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pathlib
+import sys
+import zipfile
+import zlib
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+
+from cmseg_jax import errors, io_utils, metrics
+from cmseg_jax.data.dataset import SPLITS
+from cmseg_jax.results import RESULT_METRICS
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.csv"
+FINAL_STATS = "final_stats.npz"
+EXAMPLES = "examples.npz"
+RUN_INFO = "run.json"
+SUMMARY = "summary.md"
+# Evaluation variant -> suffix of its ``results{suffix}.csv`` / ``final_stats{suffix}.npz``.
+VARIANTS = {"default": "", "no_smoothing": "_no_smoothing"}
+RESULTS_COLUMNS = ("seed", "split", "metric", "value")
+EXAMPLE_ROLES = ("best", "median", "worst")
+
+PathLike = str | pathlib.Path
+
+
+def _with_suffix(name: str, variant: str) -> str:
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}{VARIANTS[variant]}.{ext}"
+
+
+def results_name(variant: str = "default") -> str:
+    """``results.csv`` of the ``default`` variant, ``results{suffix}.csv`` of the others."""
+    return _with_suffix(RESULTS, variant)
+
+
+def final_stats_name(variant: str = "default") -> str:
+    """``final_stats.npz`` of the ``default`` variant, ``final_stats{suffix}.npz`` of others."""
+    return _with_suffix(FINAL_STATS, variant)
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json
+
+
+def config_record(config: ml_collections.ConfigDict, seeds: Sequence[int]) -> dict:
+    """The JSON object of ``config.json``: the resolved config plus ``seeds``."""
+    record = json.loads(config.to_json())
+    record["seeds"] = [int(s) for s in seeds]
+    return record
+
+
+def write_config(
+    workdir: PathLike, config: ml_collections.ConfigDict, seeds: Sequence[int]
+) -> None:
+    """``config.json`` (:func:`config_record`)."""
+    io_utils.write_json(pathlib.Path(workdir) / CONFIG, config_record(config, seeds))
+
+
+def read_config(workdir: PathLike) -> tuple[ml_collections.ConfigDict, list[int]]:
+    """The resolved config and the seed list of a sweep's ``config.json``.
+
+    Raises:
+        FileNotFoundError: there is no ``config.json``.
+        IOFailure: it is not a sweep's ``config.json`` (naming it).
+    """
+    path = pathlib.Path(workdir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {workdir} a sweep workdir?")
+    try:
+        record = json.loads(path.read_text())
+        seeds = [int(s) for s in record.pop("seeds")]
+        return ml_collections.ConfigDict(record), seeds
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise errors.IOFailure(f"{path}: not a sweep's config.json ({errors.first_line(e)})") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics.jsonl
+
+
+def append_metrics(workdir: PathLike, rows: Sequence[dict]) -> None:
+    """Adds ``rows`` to ``metrics.jsonl`` by rewriting it atomically (the old lines and the new).
+
+    A write that fails (a full disk) or is killed leaves the previous file, never a torn line.
+    """
+    path = pathlib.Path(workdir) / METRICS
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    io_utils.write_text(path, old + "".join(json.dumps(row) + "\n" for row in rows))
+
+
+_ROW_KEYS = {"epoch", "seed", "split"}
+
+
+def _parse_metrics(path: pathlib.Path) -> tuple[list[tuple[str, dict]], int]:
+    """(line, row) of every readable row of ``path`` and the number of lines that are not a JSON
+    object with an integer epoch, a seed and a split (torn by a write cut short)."""
+    out, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and _ROW_KEYS <= row.keys():
+            out.append((line, row))
+        else:
+            bad += 1
+    return out, bad
+
+
+def read_metrics(workdir: PathLike) -> tuple[list[dict], int]:
+    """The rows of ``metrics.jsonl`` (none when it is absent) and how many lines could not be
+    parsed: a run still being written can end in a half-written line; it is skipped, not fatal."""
+    path = pathlib.Path(workdir) / METRICS
+    if not path.exists():
+        return [], 0
+    lines, bad = _parse_metrics(path)
+    return [row for _, row in lines], bad
+
+
+def truncate_metrics(workdir: PathLike, last_epoch: int) -> None:
+    """Drops rows of epochs after ``last_epoch`` (logged before a crash, not checkpointed).
+
+    Unreadable lines (torn by a full disk or a kill) are dropped too, with a one-line warning
+    naming the file, so they never block a resume.
+    """
+    path = pathlib.Path(workdir) / METRICS
+    if not path.exists():
+        return
+    lines, bad = _parse_metrics(path)
+    if bad:
+        print(
+            f"warning: {path}: dropped {bad} unreadable line(s) (a write cut short)",
+            file=sys.stderr,
+            flush=True,
+        )
+    kept = [line for line, row in lines if row["epoch"] <= last_epoch]
+    io_utils.write_text(path, "".join(line + "\n" for line in kept))
+
+
+def remove_metrics(workdir: PathLike) -> None:
+    """Deletes ``metrics.jsonl`` (a run that starts from scratch)."""
+    (pathlib.Path(workdir) / METRICS).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# results.csv (and its variants)
+
+
+def write_results_csv(
+    workdir: PathLike,
+    seeds: Sequence[int],
+    table: dict[str, dict[str, np.ndarray]],
+    variant: str = "default",
+) -> None:
+    """``results{suffix}.csv``: one row per seed × split × metric, values with 6 significant digits.
+
+    Args:
+        workdir: the sweep's workdir.
+        seeds: ``(S,)`` seed ids.
+        table: split -> metric -> ``(S,)`` values (NaN for diverged seeds); its metrics are
+            written in the order of :data:`cmseg_jax.results.RESULT_METRICS`.
+        variant: evaluation variant (a key of :data:`VARIANTS`).
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULTS_COLUMNS)
+    for i, seed in enumerate(seeds):
+        for split in SPLITS:
+            for m in (m for m in RESULT_METRICS if m in table[split]):
+                writer.writerow([int(seed), split, m, f"{table[split][m][i]:.6g}"])
+    io_utils.write_text(pathlib.Path(workdir) / results_name(variant), out.getvalue())
+
+
+def read_results_csv(
+    workdir: PathLike, variant: str = "default"
+) -> dict[int, dict[str, dict[str, float]]] | None:
+    """``results{suffix}.csv`` as seed -> split -> metric -> value (``nan`` parsed as NaN); None
+    when the file is absent.
+
+    Raises:
+        IOFailure: the file is not a results table (naming it and the first bad line).
+    """
+    path = pathlib.Path(workdir) / results_name(variant)
+    if not path.exists():
+        return None
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        try:
+            missing = set(RESULTS_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise KeyError(", ".join(sorted(missing)))
+            for row in reader:
+                value = float(row["value"]) if row["value"].strip() else math.nan
+                split = out.setdefault(int(row["seed"]), {}).setdefault(row["split"], {})
+                split[row["metric"]] = value
+        except (KeyError, ValueError, TypeError, AttributeError, csv.Error) as e:
+            raise errors.IOFailure(
+                f"{path}: line {reader.line_num}: not a results table (columns seed, split, "
+                f"metric, value; {type(e).__name__}: {errors.first_line(e)})"
+            ) from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# final_stats.npz (and its variants), examples.npz
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray] | None:
+    """Every array of ``path``; None when it is absent.
+
+    Raises:
+        IOFailure: the file cannot be read (truncated, object arrays, ...); its cause is the
+            underlying error.
+    """
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise errors.IOFailure(f"{path}: unreadable ({errors.first_line(e)})") from e
+
+
+def write_final_stats(
+    workdir: PathLike,
+    seeds: Sequence[int],
+    confusion: np.ndarray,
+    cls_confusion: np.ndarray,
+    hist_liver: np.ndarray,
+    hist_background: np.ndarray,
+    variant: str = "default",
+) -> None:
+    """``final_stats{suffix}.npz``: final sufficient statistics per seed and split.
+
+    Args:
+        workdir: the sweep's workdir.
+        seeds: ``(S,)`` seed ids.
+        confusion: ``(S, 3, 4)`` pixel tp, fp, fn, tn per seed and split (``SPLITS`` order).
+        cls_confusion: ``(S, 3, 4)`` image tp, fp, fn, tn.
+        hist_liver: ``(S, 3, B)`` histogram of the liver score on liver pixels.
+        hist_background: ``(S, 3, B)`` the same on background pixels.
+        variant: evaluation variant (a key of :data:`VARIANTS`).
+    """
+    hist_liver = np.asarray(hist_liver, np.int64)
+    io_utils.write_npz(
+        pathlib.Path(workdir) / final_stats_name(variant),
+        seeds=np.asarray(seeds, np.int64),
+        splits=np.asarray(SPLITS),
+        confusion=np.asarray(confusion, np.int64),
+        cls_confusion=np.asarray(cls_confusion, np.int64),
+        hist_liver=hist_liver,
+        hist_background=np.asarray(hist_background, np.int64),
+        bin_edges=metrics.bin_edges(hist_liver.shape[-1]),
+    )
+
+
+def read_final_stats(workdir: PathLike, variant: str = "default") -> dict[str, np.ndarray] | None:
+    """The arrays of ``final_stats{suffix}.npz`` (keys in ``docs/workdir.md``); None when absent.
+
+    Raises:
+        IOFailure: the file cannot be read.
+    """
+    return _read_npz(pathlib.Path(workdir) / final_stats_name(variant))
+
+
+def write_examples(
+    workdir: PathLike,
+    images: np.ndarray,
+    masks: np.ndarray,
+    seeds: Sequence[int],
+    scores: np.ndarray,
+    threshold: float,
+) -> None:
+    """``examples.npz``: test slices with the liver score of the best / median / worst seed.
+
+    Args:
+        workdir: the sweep's workdir.
+        images: ``(E, H, W)`` test slices, intensities in [-1, 1].
+        masks: ``(E, H, W)`` ground truth (1 = liver).
+        seeds: ``(3,)`` the best, median and worst seed (:data:`EXAMPLE_ROLES`).
+        scores: ``(3, E, H, W)`` their liver scores in [0, 1] (stored as float16).
+        threshold: score threshold of the model's mask.
+    """
+    io_utils.write_npz(
+        pathlib.Path(workdir) / EXAMPLES,
+        images=np.asarray(images, np.float32),
+        masks=np.asarray(masks, np.uint8),
+        seeds=np.asarray(seeds, np.int64),
+        roles=np.asarray(EXAMPLE_ROLES),
+        scores=np.asarray(scores, np.float16),
+        threshold=np.float32(threshold),
+    )
+
+
+def read_examples(workdir: PathLike) -> dict[str, np.ndarray] | None:
+    """The arrays of ``examples.npz``; None when absent.
+
+    Raises:
+        IOFailure: the file cannot be read.
+    """
+    return _read_npz(pathlib.Path(workdir) / EXAMPLES)
+
+
+# ----------------------------------------------------------------------------------------------
+# run.json, summary.md
+
+
+def write_run_info(
+    workdir: PathLike,
+    seeds: Sequence[int],
+    diverged: Sequence[int],
+    epochs_completed: int,
+    num_epochs: int,
+    data: str,
+    device: str,
+) -> None:
+    """``run.json``, written when a run has finished; ``diverged`` are seed ids."""
+    info = {
+        "seeds": [int(s) for s in seeds],
+        "diverged": [int(s) for s in diverged],
+        "epochs_completed": int(epochs_completed),
+        "num_epochs": int(num_epochs),
+        "data": str(data),
+        "device": str(device),
+    }
+    io_utils.write_json(pathlib.Path(workdir) / RUN_INFO, info)
+
+
+def read_run_info(workdir: PathLike) -> dict | None:
+    """``run.json`` as a dict; None when absent (a run in progress or interrupted).
+
+    Raises:
+        IOFailure: the file is not a JSON object.
+    """
+    path = pathlib.Path(workdir) / RUN_INFO
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise errors.IOFailure(f"{path}: unreadable ({errors.first_line(e)})") from e
+    if not isinstance(info, dict):
+        raise errors.IOFailure(f"{path}: not a JSON object")
+    return info
+
+
+def write_summary(workdir: PathLike, text: str) -> None:
+    """``summary.md`` (markdown, see :func:`cmseg_jax.results.summary_markdown`)."""
+    io_utils.write_text(pathlib.Path(workdir) / SUMMARY, text)
+
+
+def read_summary(workdir: PathLike) -> str | None:
+    """The text of ``summary.md``; None when absent."""
+    path = pathlib.Path(workdir) / SUMMARY
+    return path.read_text() if path.exists() else None
