@@ -331,8 +331,7 @@ def _save_cache(path: pathlib.Path, sets: dict[str, SliceSet], params: dict) -> 
     io_utils.remove_orphans(path.parent, min_age_s=24 * 3600)
 
 
-def load_splits(
-    data_dir,
+def sampling_params(
     *,
     image_size: int = 512,
     split_seed: int = 0,
@@ -340,20 +339,43 @@ def load_splits(
     liver_slices: int = 10,
     background_slices: int = 10,
     hu_window=(-1024.0, 1024.0),
-    cache_dir=None,
-) -> dict[str, SliceSet]:
-    """Loads the train / val / test slice sets following the thesis' protocol (module docstring).
+) -> dict:
+    """The protocol's parameters, defaults filled in, as ints and tuples of floats.
+
+    The one home of the defaults (the thesis' values): :func:`load_splits` and the TFDS reader
+    take these keyword arguments.
 
     Args:
-      data_dir: directory with volume-N / segmentation-N files (LiTS or the phantom).
       image_size: side S of the returned square slices.
       split_seed: seed of the volume split and of the per-volume slice draws.
       fractions: (train, val, test) fractions of volumes.
       liver_slices: slices containing liver drawn per volume.
       background_slices: slices without liver drawn per volume.
       hu_window: (lo, hi) Hounsfield window mapped to [-1, 1].
+
+    Returns:
+      {name: value} for the six parameters.
+    """
+    return dict(
+        image_size=int(image_size),
+        split_seed=int(split_seed),
+        fractions=tuple(float(f) for f in fractions),
+        liver_slices=int(liver_slices),
+        background_slices=int(background_slices),
+        hu_window=tuple(float(w) for w in hu_window),
+    )
+
+
+def load_splits(data_dir, *, cache_dir=None, **sampling) -> dict[str, SliceSet]:
+    """Loads the train / val / test slice sets following the thesis' protocol (module docstring).
+
+    Args:
+      data_dir: directory with volume-N / segmentation-N files (LiTS or the phantom).
       cache_dir: if given, the result is cached there as a compressed .npz keyed by the
         parameters and the data files' names, sizes and modification times.
+      **sampling: the protocol's parameters, those of :func:`sampling_params` (``image_size``,
+        ``split_seed``, ``fractions``, ``liver_slices``, ``background_slices``, ``hu_window``);
+        omitted ones take the thesis' values.
 
     Returns:
       {'train', 'val', 'test'} -> SliceSet, slices ordered by volume id then slice index.
@@ -363,16 +385,10 @@ def load_splits(
     """
     data_dir = pathlib.Path(data_dir)
     cases = find_cases(data_dir)
-    params = dict(
-        version=CACHE_FORMAT_VERSION,
-        image_size=int(image_size),
-        split_seed=int(split_seed),
-        fractions=[float(f) for f in fractions],
-        liver_slices=int(liver_slices),
-        background_slices=int(background_slices),
-        hu_window=[float(w) for w in hu_window],
-    )
-    if image_size < 1 or liver_slices < 0 or background_slices < 0:
+    protocol = sampling_params(**sampling)
+    params = dict(version=CACHE_FORMAT_VERSION, **protocol)
+    counts = (protocol["liver_slices"], protocol["background_slices"])
+    if protocol["image_size"] < 1 or min(counts) < 0:
         raise ValueError(f"bad sampling parameters: {params}")
     cache_path = None
     if cache_dir is not None:
@@ -384,7 +400,8 @@ def load_splits(
                 logger.info("Loaded slices from cache %s", cache_path)
                 return sets
 
-    split = split_cases([c[0] for c in cases], fractions, split_seed)
+    fractions = protocol.pop("fractions")
+    split = split_cases([c[0] for c in cases], fractions, protocol["split_seed"])
     empty = [name for name in SPLITS if not split[name] and fractions[SPLITS.index(name)] > 0]
     if empty:
         raise data_error(
@@ -394,16 +411,9 @@ def load_splits(
         )
     by_id = {c[0]: c for c in cases}
     sets = {}
-    sample = dict(
-        image_size=int(image_size),
-        split_seed=int(split_seed),
-        liver_slices=int(liver_slices),
-        background_slices=int(background_slices),
-        hu_window=tuple(hu_window),
-    )
     for name in SPLITS:
-        parts = [sample_case(i, by_id[i][1], by_id[i][2], **sample) for i in split[name]]
-        empty = empty_arrays(image_size)
+        parts = [sample_case(i, by_id[i][1], by_id[i][2], **protocol) for i in split[name]]
+        empty = empty_arrays(protocol["image_size"])
         sets[name] = SliceSet(
             **{k: np.concatenate([p[k] for p in parts]) if parts else empty[k] for k in empty}
         )

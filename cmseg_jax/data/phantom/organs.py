@@ -1,8 +1,8 @@
 """Abdominal organs of the phantom, painted into the body frame of :mod:`.body`.
 
 Bowel, stomach, pancreas, spleen, the liver with its vessels and tumours, gallbladder, kidneys and
-the great vessels. Painted in the order :func:`cmseg_jax.data.phantom.generate.generate_volume` calls them; an
-organ may only displace the tissues its ``over`` argument names.
+the great vessels, painted in the order :func:`cmseg_jax.data.phantom.generate.generate_volume`
+calls them; an organ may only displace the tissues its ``over`` argument names.
 """
 
 from __future__ import annotations
