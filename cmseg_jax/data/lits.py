@@ -153,10 +153,10 @@ def find_cases(data_dir) -> list[tuple[int, pathlib.Path, pathlib.Path]]:
         case has two files of the same kind (the first problem :func:`scan_cases` lists).
     """
     layout = scan_cases(data_dir)
-    for line in layout.warnings:
-        logger.warning("%s", line)
     if layout.errors:
         raise DataError(layout.errors[0])
+    for line in layout.warnings:
+        logger.warning("%s", line)
     return layout.cases
 
 
