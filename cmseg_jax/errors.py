@@ -105,7 +105,7 @@ def first_line(exc: BaseException) -> str:
 
 def describe(exc: BaseException) -> tuple[int, str] | None:
     """(exit status, one-line message) of an expected failure; None for anything else (a bug)."""
-    from cmseg_jax.data.lits import DataError  # lits imports nothing from here
+    from cmseg_jax.data.nifti import DataError  # nifti imports nothing from here
 
     if isinstance(exc, Interrupted):
         return exc.exit_code, f"interrupted ({exc.signal_name}): {first_line(exc)}"

@@ -5,11 +5,11 @@
     python -m cmseg_jax.predict --workdir runs/cam_beta --seed 3 CT_DIR OUT_DIR --label_dir CT_DIR
 
 A volume is segmented slice by slice: every axial slice goes through the training loader's
-preprocessing (:mod:`cmseg_jax.volume_io` states each step and choice), the model scores batches of
-``--batch_size`` slices on the device (one compiled function, fixed batch shape, the last batch
-padded with air), and the scores are mapped back through the inverse of every step and thresholded
-on the input's own grid. The mask (uint8, 1 = liver) and the optional probability map (float32 liver
-score in [0, 1]) have the input's exact shape, affine and header orientation.
+preprocessing (:mod:`cmseg_jax.data.preprocess` states each step and choice), the model scores
+batches of ``--batch_size`` slices on the device (one compiled function, fixed batch shape, the last
+batch padded with air), and the scores are mapped back through the inverse of every step and
+thresholded on the input's own grid. The mask (uint8, 1 = liver) and the optional probability map
+(float32 liver score in [0, 1]) have the input's exact shape, affine and header orientation.
 
 Models: ``--seed S`` uses seed S of the sweep (a seed id from ``config.json``, not a row number);
 ``--ensemble`` (the default) averages the liver score of every seed that did not diverge. The mask
@@ -47,10 +47,10 @@ import numpy as np
 from jax import lax
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, errors, methods, metrics, train, volume_io
+from cmseg_jax import checkpoint, errors, io_utils, methods, metrics, train
 from cmseg_jax import workdir as workdir_io
-from cmseg_jax.data import lits
-from cmseg_jax.data.lits import DataError
+from cmseg_jax.data import nifti, preprocess
+from cmseg_jax.data.nifti import DataError
 from cmseg_jax.train import TrainState
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -330,8 +330,8 @@ def segment_volume(
     Raises:
       DataError: the input or label file is unreadable or malformed (one line, naming the file).
     """
-    volume = volume_io.load_volume(volume_path)
-    labels = None if label_path is None else volume_io.load_labels(volume, label_path)
+    volume = nifti.load_volume(volume_path)
+    labels = None if label_path is None else nifti.load_labels(volume, label_path)
     x, y, z = volume.canonical_shape
     mask = np.zeros((x, y, z), np.uint8)
     prob = np.zeros((x, y, z), np.float32) if prob_path is not None else None
@@ -346,11 +346,12 @@ def segment_volume(
     non_finite = 0
     for start in range(0, z, batch_size):
         zs = slice(start, min(start + batch_size, z))
-        images = lits.images_to_model(volume_io.axial_slices(volume.hu, zs), image_size, hu_window)
+        hu = preprocess.axial_slices(volume.hu, zs)
+        images = preprocess.images_to_model(hu, image_size, hu_window)
         scores = np.asarray(score_fn(images), np.float32)
         if scores.shape != images.shape:
             raise ValueError(f"score_fn returned {scores.shape} for input {images.shape}")
-        native = volume_io.postprocess_scores(scores, (x, y))  # (n, X, Y)
+        native = preprocess.postprocess_scores(scores, (x, y))  # (n, X, Y)
         non_finite += int(np.count_nonzero(~np.isfinite(native)))
         mask[:, :, zs] = np.moveaxis(native >= threshold, 0, 2)
         if prob is not None:
@@ -362,9 +363,9 @@ def segment_volume(
             f"{volume.path}: warning: {non_finite} non-finite scores (counted as background)",
             file=sys.stderr,
         )
-    out_path = volume_io.write_like(mask, volume, out_path, np.uint8)
+    out_path = nifti.write_like(mask, volume, out_path, np.uint8)
     if prob is not None:
-        prob_path = volume_io.write_like(prob, volume, prob_path, np.float32)
+        prob_path = nifti.write_like(prob, volume, prob_path, np.float32)
     confusion = None if labels is None else volume_confusion(mask, labels)
     return CaseResult(
         volume_path=volume.path,
@@ -522,9 +523,7 @@ def format_metrics(m: dict[str, float]) -> str:
 def write_metrics_csv(path, results: Sequence[CaseResult]) -> None:
     """One row per scored case and a final ``GLOBAL`` row (pooled confusion matrix)."""
     summary = summarize(results)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with io_utils.atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["case", *_SHOWN, "tp", "fp", "fn", "tn"])
         for r in results:

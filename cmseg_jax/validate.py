@@ -5,7 +5,7 @@ sweep uses has the right type and a usable value. :func:`check_splits` runs afte
 read and before anything is written to the workdir: every split has slices and the training split
 fills at least one batch. Both raise :class:`~cmseg_jax.errors.UsageError` naming the field
 (``config.train.epochs=0: must be an integer >= 1``); a data directory with too few volumes is a
-:class:`~cmseg_jax.data.lits.DataError` naming the directory.
+:class:`~cmseg_jax.data.nifti.DataError` naming the directory.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def check_splits(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> No
       config: the sweep's config.
       sizes: split name -> number of slices.
     """
-    empty = [name for name in ("train", "val", "test") if sizes.get(name, 0) < 1]
+    empty = [name for name in lits.SPLITS if sizes.get(name, 0) < 1]
     where = _where(config)
     if empty:
         counts = ", ".join(f"{k} {v}" for k, v in sizes.items())

@@ -3,8 +3,8 @@
 Every variant stores the *same* canonical (RAS+) volume in a different way: file format, data type,
 scaling, padding, axis order and direction, header form, extra dimension, voxel size, in-plane
 shape. The stored arrays and affines are built here with their own index arithmetic (not with
-``cmseg_jax.volume_io``), so a test that reads a variant back through the library checks the library
-against an independent construction.
+``cmseg_jax.data.nifti``), so a test that reads a variant back through the library checks the
+library against an independent construction.
 
 A layout ``(perm, flip)`` means: stored axis i is canonical axis ``perm[i]``, reversed when
 ``flip[i]``; stored index s holds canonical voxel c with ``c[perm[i]] = s[i]`` (or
@@ -21,7 +21,7 @@ import pathlib
 import nibabel as nib
 import numpy as np
 
-from cmseg_jax.data import lits, phantom
+from cmseg_jax.data import phantom, preprocess
 
 SHAPE = (64, 64, 24)
 
@@ -255,9 +255,10 @@ def model_grid(ref: Reference, image_size: int, hu_window=(-1024.0, 1024.0)):
     """
     hu = np.moveaxis(ref.hu, 2, 0)
     seg = np.moveaxis(ref.labels, 2, 0) > 0
-    images = lits.hu_to_unit(lits._pad_square(lits._display(hu), lits.AIR_HU), hu_window)
-    images = lits._resize_images(images, int(image_size))
-    masks = lits._resize_masks(lits._pad_square(lits._display(seg), False), int(image_size))
+    pp = preprocess
+    images = pp.hu_to_unit(pp.pad_square(pp.display(hu), pp.AIR_HU), hu_window)
+    images = pp.resize_images(images, int(image_size))
+    masks = pp.resize_masks(pp.pad_square(pp.display(seg), False), int(image_size))
     return images.astype(np.float16).astype(np.float32), masks
 
 
@@ -265,7 +266,7 @@ class Oracle:
     """A score_fn that answers each slice with the resampled ground truth of *that* slice.
 
     It recognises a slice by its pixels (the model-grid image of every canonical slice of the
-    reference, computed independently of cmseg_jax.volume_io) and fails the test when a slice it is
+    reference, computed independently of cmseg_jax.data.nifti) and fails the test when a slice it is
     shown is not exactly one of them, i.e. when the forward path differs from the training loader's.
 
     Attributes:

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cmseg_jax.data import lits, phantom
+from cmseg_jax.data import lits, nifti, phantom, preprocess
 
 SHAPE = (64, 64, 24)
 FIELDS = ("images", "masks", "labels", "volume_ids", "slice_index")
@@ -98,7 +98,7 @@ def test_find_cases_errors(tmp_path, caplog):
 
 def test_load_case_equals_nibabel_canonical(data_dir):
     _, vol, seg = lits.find_cases(data_dir)[0]
-    hu, labels = lits.load_case(vol, seg)
+    hu, labels = nifti.load_case(vol, seg)
     assert hu.dtype == np.float32 and labels.dtype == np.uint8
     ref_hu = nib.as_closest_canonical(nib.load(vol)).get_fdata()
     ref_seg = nib.as_closest_canonical(nib.load(seg)).get_fdata()
@@ -141,13 +141,13 @@ def test_orientation_survives_canonicalisation(tmp_path):
         hu_s = np.ascontiguousarray(to_stored(ras_hu))
         lab_s = np.ascontiguousarray(to_stored(ras_lab))
         vol, seg = _pair(d, hu=hu_s, labels=lab_s, shape=hu_s.shape, affine=ras_aff @ to_canonical)
-        hu, labels = lits.load_case(vol, seg)
+        hu, labels = nifti.load_case(vol, seg)
         np.testing.assert_array_equal(hu, ras_hu, err_msg=name)
         np.testing.assert_array_equal(labels, ras_lab, err_msg=name)
         # The slice reader (used by load_splits) agrees with the full reader.
-        pair = lits._open_pair(vol, seg)
+        pair = nifti.open_pair(vol, seg)
         np.testing.assert_array_equal(
-            lits._read_axial_hu(pair, np.array([4, 0])),
+            pair.axial_hu(np.array([4, 0])),
             np.stack([ras_hu[:, :, 4], ras_hu[:, :, 0]]),
         )
 
@@ -164,7 +164,7 @@ def test_load_case_honours_scaling_and_4d_singleton(tmp_path):
     seg = _save(
         tmp_path / "segmentation-0.nii.gz", np.ones((8, 6, 5), np.float32), dtype=np.float32
     )
-    got, labels = lits.load_case(vol, seg)
+    got, labels = nifti.load_case(vol, seg)
     np.testing.assert_array_equal(got, hu.astype(np.float32))
     assert labels.dtype == np.uint8 and labels.min() == 1
 
@@ -200,7 +200,7 @@ def test_load_case_errors_are_one_line_and_name_the_file(tmp_path, problem):
         bad = vol
         vol.write_bytes(vol.read_bytes()[:400])
     with pytest.raises(lits.DataError) as e:
-        lits.load_case(vol, seg)
+        nifti.load_case(vol, seg)
     _assert_one_line_error(e, bad)
     assert isinstance(e.value, ValueError)
     with pytest.raises(lits.DataError):  # the protocol surfaces the same error
@@ -212,12 +212,13 @@ def test_load_case_errors_are_one_line_and_name_the_file(tmp_path, problem):
 
 
 def test_hu_to_unit():
-    out = lits.hu_to_unit(np.array([-3000, -1024, 0, 512, 1024, 3000]))
+    out = preprocess.hu_to_unit(np.array([-3000, -1024, 0, 512, 1024, 3000]))
     np.testing.assert_allclose(out, [-1, -1, 0, 0.5, 1, 1])
     assert out.dtype == np.float32
-    np.testing.assert_allclose(lits.hu_to_unit([-200, 50, 300], window=(-200, 300)), [-1, 0, 1])
+    window = (-200, 300)
+    np.testing.assert_allclose(preprocess.hu_to_unit([-200, 50, 300], window=window), [-1, 0, 1])
     with pytest.raises(ValueError):
-        lits.hu_to_unit([0], window=(10, 10))
+        preprocess.hu_to_unit([0], window=(10, 10))
 
 
 def test_split_cases_by_volume():
@@ -267,13 +268,13 @@ def test_load_splits_pixels_match_the_canonical_volume(data_dir):
     sets = lits.load_splits(data_dir, image_size=SHAPE[0], liver_slices=100, background_slices=2)
     tumour_pixels = 0
     for vid, vol, seg in lits.find_cases(data_dir):
-        hu, labels = lits.load_case(vol, seg)
+        hu, labels = nifti.load_case(vol, seg)
         for s in sets.values():
             for i in np.nonzero(s.volume_ids == vid)[0]:
                 z = s.slice_index[i]
                 view = np.flip(labels[:, :, z], (0, 1)).T
                 np.testing.assert_allclose(
-                    s.images[i], lits.hu_to_unit(np.flip(hu[:, :, z], (0, 1)).T), atol=1e-3
+                    s.images[i], preprocess.hu_to_unit(np.flip(hu[:, :, z], (0, 1)).T), atol=1e-3
                 )
                 np.testing.assert_array_equal(s.masks[i], view > 0)  # tumour counts as liver
                 assert s.labels[i] == int(view.any())
@@ -287,7 +288,7 @@ def test_display_orientation(data_dir):
     liver_cols = np.nonzero(s["train"].masks)[2]
     assert liver_cols.mean() < SHAPE[0] / 2 - 4
     centre = s["train"].images[:, :, SHAPE[0] // 2 - 3 : SHAPE[0] // 2 + 3]
-    bone_rows = np.nonzero(centre > lits.hu_to_unit(350.0))[1]
+    bone_rows = np.nonzero(centre > preprocess.hu_to_unit(350.0))[1]
     assert bone_rows.mean() > SHAPE[1] / 2
 
 
@@ -310,7 +311,7 @@ def test_resize_paths_and_square_padding(tmp_path):
         pad = round(8 * size / 64)
         np.testing.assert_allclose(s.images[:, : max(pad - 1, 0)], -1.0)
         inner = s.images[:, pad + 1 : size - pad - 1]
-        np.testing.assert_allclose(inner, lits.hu_to_unit(40.0), atol=1e-3)
+        np.testing.assert_allclose(inner, preprocess.hu_to_unit(40.0), atol=1e-3)
         assert s.masks[s.labels == 1].mean() == pytest.approx(400 / (64 * 64), rel=0.25)
 
 
@@ -319,7 +320,7 @@ def test_fewer_slices_than_requested_takes_all(data_dir, caplog):
         sets = lits.load_splits(data_dir, image_size=16, liver_slices=100, background_slices=2)
     assert "requested" in caplog.text
     for vid, vol, seg in lits.find_cases(data_dir):
-        _, labels = lits.load_case(vol, seg)
+        _, labels = nifti.load_case(vol, seg)
         n_liver = int(np.any(labels > 0, axis=(0, 1)).sum())
         got = sum(int(((s.volume_ids == vid) & (s.labels == 1)).sum()) for s in sets.values())
         assert got == n_liver
@@ -355,7 +356,7 @@ def test_cache_hit_returns_identical_arrays(data_dir, tmp_path, monkeypatch, cap
         raise AssertionError("read a volume on a cache hit")
 
     with monkeypatch.context() as m:
-        m.setattr(lits, "_read_axial_hu", no_reading)
+        m.setattr(nifti.Pair, "axial_hu", no_reading)
         second = lits.load_splits(data_dir, **kwargs)
     for name in lits.SPLITS:
         for f in FIELDS:

@@ -1,5 +1,6 @@
 """Tests of the procedural CT phantom: format, determinism, anatomy statistics and hardness."""
 
+import hashlib
 import os
 import pathlib
 
@@ -9,8 +10,15 @@ import pytest
 from sklearn.metrics import matthews_corrcoef
 
 from cmseg_jax.data import phantom
+from cmseg_jax.data.phantom import tissues
 
 SMALL = (64, 64, 24)
+# sha256 of the voxels (HU, labels, tissue map) and affines of two tiny volumes, per generator
+# version: a change of the anatomy or the intensities must come with a GENERATOR_VERSION bump
+# (which regenerates every cached dataset) and a new entry here.
+CHECKSUMS = {
+    2: "f2c0c02ad6bae74cd31fa2b2e4a49b11164fd8fb087d34b671b22aab558806c7",
+}
 
 
 def best_window_mcc(hu_volumes, liver_volumes, step=5, lo=-1030, hi=3075):
@@ -102,18 +110,18 @@ def test_about_half_the_slices_contain_liver(volumes):
 
 def test_air_outside_and_body_tissues(volumes):
     hu, _, _, tissue = volumes[0]
-    assert np.median(hu[tissue == phantom.AIR]) < -950
+    assert np.median(hu[tissue == tissues.AIR]) < -950
     present = set(np.unique(tissue))
     for t in (
-        phantom.FAT_SUBCUT,
-        phantom.MUSCLE,
-        phantom.BONE_CORTEX,
-        phantom.SPLEEN,
-        phantom.KIDNEY_CORTEX,
-        phantom.BLOOD,
-        phantom.LUNG,
-        phantom.GAS,
-        phantom.RIB,
+        tissues.FAT_SUBCUT,
+        tissues.MUSCLE,
+        tissues.BONE_CORTEX,
+        tissues.SPLEEN,
+        tissues.KIDNEY_CORTEX,
+        tissues.BLOOD,
+        tissues.LUNG,
+        tissues.GAS,
+        tissues.RIB,
     ):
         assert t in present, t
 
@@ -121,8 +129,8 @@ def test_air_outside_and_body_tissues(volumes):
 def test_organs_appear_along_z_realistically(volumes):
     for _, labels, _, tissue in volumes:
         z_liver = np.nonzero(np.any(labels > 0, axis=(0, 1)))[0]
-        z_kidney = np.nonzero(np.any(tissue == phantom.KIDNEY_CORTEX, axis=(0, 1)))[0]
-        z_lung = np.nonzero(np.any(tissue == phantom.LUNG, axis=(0, 1)))[0]
+        z_kidney = np.nonzero(np.any(tissue == tissues.KIDNEY_CORTEX, axis=(0, 1)))[0]
+        z_lung = np.nonzero(np.any(tissue == tissues.LUNG, axis=(0, 1)))[0]
         # Kidneys sit lower than the liver; lung bases sit above it (reaching down behind it).
         assert z_kidney.mean() < z_liver.mean()
         assert z_lung.max() > z_liver.max() and z_lung.min() > z_liver.min()
@@ -154,7 +162,7 @@ def test_best_hu_window_is_as_poor_as_on_real_ct(volumes):
     assert ours == pytest.approx(matthews_corrcoef(liver, pred), abs=1e-9)
     assert best_window_mcc(hus[:1], livers[:1])[0] >= ours - 1e-12
     # Inside the body alone (no free true negatives from air) it is lower still.
-    inside = [v[3] != phantom.AIR for v in volumes]
+    inside = [v[3] != tissues.AIR for v in volumes]
     mcc_body, _, _ = best_window_mcc(
         [h[m] for h, m in zip(hus, inside, strict=True)],
         [lv[m] for lv, m in zip(livers, inside, strict=True)],
@@ -210,9 +218,22 @@ def test_ensure_phantom_replaces_incomplete_directory(tmp_path):
     assert again == key_dir and (again / "phantom.json").is_file()
 
 
-def test_default_cache_root(monkeypatch, tmp_path):
+def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("CMSEG_CACHE", str(tmp_path))
-    assert phantom.default_cache_root() == tmp_path / "phantom"
+    assert phantom.cache_dir() == tmp_path / "phantom"
     monkeypatch.delenv("CMSEG_CACHE")
     expected = pathlib.Path(os.path.expanduser("~")) / ".cache" / "cmseg_jax" / "phantom"
-    assert phantom.default_cache_root() == expected
+    assert phantom.cache_dir() == expected
+
+
+def test_output_is_pinned_to_the_generator_version():
+    digest = hashlib.sha256()
+    for key, shape in (((0, 0), (24, 20, 16)), ((1, 3), (16, 24, 12))):
+        arrays = phantom.generate_volume(np.random.default_rng(key), shape, return_tissue=True)
+        for a in arrays:
+            digest.update(np.ascontiguousarray(a).tobytes())
+    version = phantom.GENERATOR_VERSION
+    assert version in CHECKSUMS, f"record the checksum of GENERATOR_VERSION {version}"
+    assert digest.hexdigest() == CHECKSUMS[version], (
+        f"the phantom's output changed without a GENERATOR_VERSION bump (still {version})"
+    )

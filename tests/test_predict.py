@@ -12,8 +12,8 @@ import nifti_variants as nv
 import numpy as np
 import pytest
 
-from cmseg_jax import predict, volume_io
-from cmseg_jax.data import lits, phantom
+from cmseg_jax import predict
+from cmseg_jax.data import lits, nifti, phantom, preprocess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def _assert_same_grid(out_path, in_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# volume_io against the training loader.
+# nifti / preprocess against the training loader.
 
 
 def test_orientation_round_trip_all_48_layouts():
@@ -57,9 +57,9 @@ def test_orientation_round_trip_all_48_layouts():
             stored = nv.stored_layout(arr, perm, flip)
             aff = nv.stored_affine(np.diag([0.7, 0.8, 2.5, 1.0]), arr.shape, perm, flip)
             ornt = nib.orientations.io_orientation(aff)
-            canon = volume_io.to_canonical(stored, ornt)
+            canon = nifti.to_canonical(stored, ornt)
             np.testing.assert_array_equal(canon, arr)
-            np.testing.assert_array_equal(volume_io.from_canonical(canon, ornt), stored)
+            np.testing.assert_array_equal(nifti.from_canonical(canon, ornt), stored)
 
 
 def test_preprocessing_equals_the_training_loader(tmp_path):
@@ -70,15 +70,15 @@ def test_preprocessing_equals_the_training_loader(tmp_path):
         for split in sets.values():
             for n in np.unique(split.volume_ids):
                 sel = split.volume_ids == n
-                volume = volume_io.load_volume(cases[n][0])
-                hu_ref, labels = lits.load_case(*cases[n])
+                volume = nifti.load_volume(cases[n][0])
+                hu_ref, labels = nifti.load_case(*cases[n])
                 np.testing.assert_array_equal(volume.hu, hu_ref)
                 z = split.slice_index[sel]
-                images = lits.images_to_model(
-                    volume_io.axial_slices(volume.hu, z), size, (-1024.0, 1024.0)
+                images = preprocess.images_to_model(
+                    preprocess.axial_slices(volume.hu, z), size, (-1024.0, 1024.0)
                 )
                 np.testing.assert_array_equal(images, split.images[sel])
-                masks = lits.masks_to_model(volume_io.axial_slices(labels, z), size)
+                masks = preprocess.masks_to_model(preprocess.axial_slices(labels, z), size)
                 np.testing.assert_array_equal(masks, split.masks[sel])
 
 

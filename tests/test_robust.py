@@ -582,13 +582,13 @@ def test_outputs_respect_the_umask(tmp_path):
 
 
 def test_gzip_stream_is_verified(tmp_path):
-    from cmseg_jax.data import lits
+    from cmseg_jax.data import nifti
 
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(b"a" * 10000))
-    lits.verify_gzip(path)
+    nifti.verify_gzip(path)
     raw = bytearray(path.read_bytes())
     raw[-6] ^= 0xFF  # the CRC-32 in the trailer
     path.write_bytes(bytes(raw))
-    with pytest.raises(lits.DataError, match="corrupt gzip stream"):
-        lits.verify_gzip(path)
+    with pytest.raises(nifti.DataError, match="corrupt gzip stream"):
+        nifti.verify_gzip(path)

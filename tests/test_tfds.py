@@ -12,7 +12,7 @@ import nifti_variants as nv
 import numpy as np
 import pytest
 
-from cmseg_jax.data import lits, tfds_source
+from cmseg_jax.data import lits, tfds_build, tfds_source
 from cmseg_jax.data.lits_slices import lits_slices_dataset_builder as lsb
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -80,6 +80,20 @@ def test_cli_build_of_a_named_config_equals_the_nibabel_loader(manual_dir, tmp_p
     assert meta["volumes"] == {
         name: sorted(np.unique(want[name].volume_ids).tolist()) for name in want
     }
+
+
+def test_build_flags_are_read_by_the_tfds_parser_itself(manual_dir, tmp_path):
+    # Switches of the installed TFDS and absl (no value), valued flags, the -c alias: whatever
+    # the flag, no dataset named means lits_slices, and a named one is kept.
+    flags = ["--overwrite", "--noalsologtostderr", "--manual_dir", str(manual_dir)]
+    flags += [f"--data_dir={tmp_path}", "-c", "s32-l2-b2-seed0"]
+    args = tfds_build.parse_args(["tfds_build", "build", *flags])
+    assert args.positional_datasets == [str(tfds_build.BUILDER_DIR)]
+    assert os.fspath(args.paths.manual_dir) == str(manual_dir)
+    assert args.generation.config == "s32-l2-b2-seed0" and args.debug.overwrite
+    named = tfds_build.parse_args(["tfds_build", "other_dataset", *flags])
+    assert named.positional_datasets == ["other_dataset"]
+    assert tfds_build.parse_args(["tfds_build", "--dataset=x", *flags]).positional_datasets == []
 
 
 def test_json_config_with_other_window_split_and_counts(manual_dir, tmp_path):

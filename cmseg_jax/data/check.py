@@ -2,8 +2,8 @@
 
     python -m cmseg_jax.data.check /data/LiTS [--hu_min -3100,-500] [--hu_max 100,4000]
 
-Every case goes through the training loader (:func:`cmseg_jax.data.lits.find_cases`,
-:func:`cmseg_jax.data.lits.load_case`), so a file that passes here loads in training. Checked:
+Every case goes through the training loader's readers (:func:`cmseg_jax.data.lits.scan_cases`,
+:func:`cmseg_jax.data.nifti.load_case`), so a file that passes here loads in training. Checked:
 
 * every ``volume-N`` has a ``segmentation-N`` (all missing ones are listed, not just the first);
   a segmentation without its volume, or a second file of the same kind for one case, is reported;
@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
-import logging
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -42,9 +40,10 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from cmseg_jax import errors, volume_io
-from cmseg_jax.data import lits
-from cmseg_jax.data.lits import DataError
+from cmseg_jax import errors
+from cmseg_jax.data import lits, nifti
+from cmseg_jax.data.lits import Layout
+from cmseg_jax.data.nifti import DataError
 
 HU_MIN_RANGE = (-3100.0, -500.0)
 HU_MAX_RANGE = (100.0, 4000.0)
@@ -83,62 +82,6 @@ class CaseReport:
         return not self.errors
 
 
-@dataclasses.dataclass
-class Layout:
-    """The files of a dataset directory.
-
-    Attributes:
-      cases: [(N, volume_path, segmentation_path or None)] sorted by N.
-      errors: '<file>: <what>' lines (missing segmentations, duplicates, no volumes).
-      warnings: '<file>: warning: <what>' lines (segmentations without a volume).
-    """
-
-    cases: list[tuple[int, pathlib.Path, pathlib.Path | None]]
-    errors: list[str]
-    warnings: list[str]
-
-
-def scan_files(data_dir) -> Layout:
-    """Lists every volume-N under data_dir with its segmentation (or None) and the naming problems.
-
-    :func:`cmseg_jax.data.lits.find_cases` stops at the first volume without a segmentation and
-    only logs orphan segmentations; this lists them all. Same matching rules (``.nii`` or
-    ``.nii.gz``, any subdirectory, hidden paths skipped).
-
-    Returns:
-      The :class:`Layout`.
-    """
-    data_dir = pathlib.Path(data_dir)
-    found: dict[str, dict[int, pathlib.Path]] = {"volume": {}, "segmentation": {}}
-    errors, warnings = [], []
-    for path in sorted(data_dir.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(data_dir).parts):
-            continue
-        m = lits._FILE_RE.match(path.name)
-        if m is None:
-            continue
-        problem = lits.not_a_file(path)
-        if problem:
-            errors.append(f"{path}: {problem}")
-            continue
-        kind, n = m.group(1), int(m.group(2))
-        if n in found[kind]:
-            errors.append(f"{path}: duplicate {kind} for case {n} (also {found[kind][n]})")
-            continue
-        found[kind][n] = path
-    volumes, segs = found["volume"], found["segmentation"]
-    for n in sorted(set(segs) - set(volumes)):
-        warnings.append(f"{segs[n]}: warning: no matching volume-{n}; ignored by the loader")
-    if not volumes:
-        errors.append(f"{data_dir}: no volume-N.nii or volume-N.nii.gz files found")
-    cases = []
-    for n in sorted(volumes):
-        if n not in segs:
-            errors.append(f"{volumes[n]}: no segmentation-{n}.nii[.gz] for this volume")
-        cases.append((n, volumes[n], segs.get(n)))
-    return Layout(cases, errors, warnings)
-
-
 def _obliquity_degrees(affine: np.ndarray) -> float:
     """Largest angle between a voxel axis and the world axis it is reoriented to."""
     rzs = np.asarray(affine, np.float64)[:3, :3]
@@ -159,7 +102,7 @@ def check_case(
     Args:
       case_id: N.
       volume_path: volume-N file.
-      seg_path: segmentation-N file, or None when it is missing (reported by scan_files).
+      seg_path: segmentation-N file, or None when it is missing (reported by the layout scan).
       hu_min_range: (lo, hi) allowed for the volume's minimum HU.
       hu_max_range: (lo, hi) allowed for the volume's maximum HU.
 
@@ -171,14 +114,14 @@ def check_case(
     if seg_path is None:
         return report
     try:
-        hu, labels = lits.load_case(volume_path, seg_path)
+        hu, labels = nifti.load_case(volume_path, seg_path)
     except DataError as e:
         report.errors.append(str(e))
         return report
     img = nib.load(volume_path)  # header only: load_case has validated it
     affine = np.asarray(img.affine, np.float64)
     report.axcodes = "".join(nib.aff2axcodes(affine))
-    spacing = report.spacing = volume_io.canonical_spacing(affine)
+    spacing = report.spacing = nifti.canonical_spacing(affine)
     report.shape = tuple(int(s) for s in img.shape[:3])
 
     name = volume_path
@@ -240,17 +183,7 @@ def check_directory(
     Returns:
       (the directory's layout and its problems, one report per volume, the summary text).
     """
-    data_dir = pathlib.Path(data_dir)
-    if not data_dir.is_dir():
-        layout = Layout([], [f"{data_dir}: not a directory"], [])
-    else:
-        layout = scan_files(data_dir)
-        try:
-            with _silenced(lits.logger):  # it logs the orphans scan_files reports
-                lits.find_cases(data_dir)  # the loader's own verdict on the layout
-        except DataError as e:
-            if str(e) not in layout.errors:
-                layout.errors.insert(0, str(e))
+    layout = lits.scan_cases(data_dir)  # the loader's own rules, every problem listed
     for line in layout.errors + layout.warnings:
         print(line, file=out, flush=True)
     reports = []
@@ -286,16 +219,6 @@ def summarize(layout: Layout, reports: Sequence[CaseReport]) -> str:
         f"slices per volume {_span([float(r.shape[2]) for r in read])}",
     ]
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _silenced(logger: logging.Logger):
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _range(text: str) -> tuple[float, float]:

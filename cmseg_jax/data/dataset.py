@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import ml_collections
@@ -10,17 +9,13 @@ import numpy as np
 from absl import logging
 
 from cmseg_jax.data import lits, phantom
+from cmseg_jax.data.lits import SPLITS
+from cmseg_jax.io_utils import default_cache_root
 
-SPLITS = ("train", "val", "test")
 # Images live on the device as int16 codes round(x · IMAGE_SCALE) of intensities x in [-1, 1]:
 # 2 bytes a pixel instead of float32's 4, exact to 1.5e-5 (0.016 HU in the thesis' 2,048 HU
 # window, far finer than bfloat16), in a type every backend has. Decoded per batch on device.
 IMAGE_SCALE = 32767.0
-
-
-def default_cache_root() -> pathlib.Path:
-    """``$CMSEG_CACHE`` or ``~/.cache/cmseg_jax``."""
-    return pathlib.Path(os.environ.get("CMSEG_CACHE", pathlib.Path.home() / ".cache" / "cmseg_jax"))
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.SliceSet], str]:
@@ -56,7 +51,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.Slic
     else:
         if d.source == "phantom":
             data_dir = phantom.ensure_phantom(
-                cache_root / "phantom",
+                phantom.cache_dir(cache_root),
                 num_volumes=d.phantom_volumes,
                 shape=tuple(d.phantom_shape),
                 seed=d.phantom_seed,

@@ -14,7 +14,9 @@ labels ...) with exit status 1, a bad flag or config with 2 (``--debug`` adds th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import os
 import pathlib
 import sys
 
@@ -24,50 +26,6 @@ from cmseg_jax import errors
 from cmseg_jax.data import lits
 
 BUILDER_DIR = pathlib.Path(__file__).resolve().parent / "lits_slices"
-
-
-def _argv(argv: list[str]) -> list[str]:
-    args = list(argv[1:])
-    if args and args[0] == "build":  # tolerate `... tfds_build build ...`
-        args = args[1:]
-    if not any(not a.startswith("-") for a in _positionals(args)):
-        args = [str(BUILDER_DIR)] + args
-    return [argv[0]] + args
-
-
-def _positionals(args: list[str]) -> list[str]:
-    """Arguments that are not flags or flag values (flags here all take one value, or none)."""
-    flags_without_value = {
-        "--overwrite",
-        "--fail_if_exists",
-        "--download_only",
-        "--register_checksums",
-        "--force_checksums_validation",
-        "--update_metadata_only",
-        "--add_name_to_manual_dir",
-        "--nondeterministic_order",
-        "--pdb",
-        "--skip_if_published",
-        "--experimental_latest_version",
-    }
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a.startswith("-"):
-            skip = "=" not in a and a not in flags_without_value
-        else:
-            out.append(a)
-    return out
-
-
-def _flag_value(args: list[str], name: str) -> str | None:
-    for i, a in enumerate(args):
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-        if a == name and i + 1 < len(args):
-            return args[i + 1]
-    return None
 
 
 def _one_line_parser(parse):
@@ -90,29 +48,57 @@ def _one_line_parser(parse):
     return parsed
 
 
+def _check(args) -> None:
+    """Refuses a bad manual directory or config name before TFDS creates anything."""
+    manual_dir = args.paths.manual_dir
+    if manual_dir is not None:
+        lits.find_cases(pathlib.Path(os.fspath(manual_dir)).expanduser())
+    config = args.generation.config
+    if config is not None and not config.lstrip().startswith("{"):
+        from cmseg_jax.data.lits_slices import lits_slices_dataset_builder as builder
+
+        known = [c.name for c in builder.Builder.BUILDER_CONFIGS]
+        if config not in known:
+            raise errors.UsageError(
+                f"--config {config}: not a predefined config ({', '.join(known)}); "
+                """any other is given as JSON, e.g. --config '{"image_size": 256}'"""
+            )
+
+
+def _with_default_dataset(args):
+    """TFDS' parsed arguments, with ``lits_slices`` as the dataset when none is named."""
+    if args.positional_datasets or args.datasets:
+        return args
+    return dataclasses.replace(args, positional_datasets=[str(BUILDER_DIR)])
+
+
+def parse_args(argv: list[str], debug: bool = False):
+    """Parses a build command line with TFDS' own ``build`` parser (no copy of its flags here).
+
+    Args:
+      argv: the command line, program name first (a leading ``build`` is tolerated).
+      debug: show tracebacks of the checks' errors.
+
+    Returns:
+      TFDS' ``build.Args``, building :data:`BUILDER_DIR` (``lits_slices``) when no dataset is
+      named. A bad flag, manual directory or config name ends the command with one line.
+    """
+    argv = list(argv)
+    if argv[1:2] == ["build"]:  # tolerate `... tfds_build build ...`
+        del argv[1]
+    from tensorflow_datasets.scripts.cli import build, cli_utils
+
+    parse = cli_utils.make_flags_parser(build.Args, description=__doc__.splitlines()[0])
+    args = _one_line_parser(parse)(argv)
+    with errors.cli(debug):
+        _check(args)
+    return _with_default_dataset(args)
+
+
 def main(argv=None) -> None:
     argv = list(argv if argv is not None else sys.argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    with errors.cli(debug):
-        # Checked before TFDS creates anything under --data_dir.
-        manual_dir = _flag_value(argv[1:], "--manual_dir")
-        if manual_dir is not None:
-            lits.find_cases(pathlib.Path(manual_dir).expanduser())
-        config = _flag_value(argv[1:], "--config")
-        if config is not None and not config.lstrip().startswith("{"):
-            from cmseg_jax.data.lits_slices import lits_slices_dataset_builder as builder
-
-            known = [c.name for c in builder.Builder.BUILDER_CONFIGS]
-            if config not in known:
-                raise errors.UsageError(
-                    f"--config {config}: not a predefined config ({', '.join(known)}); "
-                    """any other is given as JSON, e.g. --config '{"image_size": 256}'"""
-                )
-
-    from tensorflow_datasets.scripts.cli import build, cli_utils
-
-    parse = cli_utils.make_flags_parser(build.Args, description=__doc__.splitlines()[0])
 
     def run(args) -> None:
         with errors.cli(debug):
@@ -123,7 +109,7 @@ def main(argv=None) -> None:
             except (ValueError, AssertionError) as e:  # TFDS: unknown config, no manual dir ...
                 raise errors.UsageError(errors.first_line(e)) from e
 
-    app.run(run, argv=_argv(argv), flags_parser=_one_line_parser(parse))
+    app.run(run, argv=argv, flags_parser=lambda argv: parse_args(argv, debug))
 
 
 if __name__ == "__main__":

@@ -50,25 +50,15 @@ def make_builder(tfds_dir, **params):
     )
 
 
-def load_splits_tfds(
-    tfds_dir,
-    *,
-    manual_dir=None,
-    image_size: int = 512,
-    split_seed: int = 0,
-    fractions=(0.6, 0.2, 0.2),
-    liver_slices: int = 10,
-    background_slices: int = 10,
-    hu_window=(-1024.0, 1024.0),
-) -> dict[str, lits.SliceSet]:
+def load_splits_tfds(tfds_dir, *, manual_dir=None, **sampling) -> dict[str, lits.SliceSet]:
     """Reads (building first if needed) the slice sets, equal to :func:`lits.load_splits`'.
 
     Args:
       tfds_dir: TFDS data directory (holds ``lits_slices/<config>/<version>``).
       manual_dir: LiTS-format directory to build from when the dataset is not built; None means
         a missing dataset is an error.
-      image_size, split_seed, fractions, liver_slices, background_slices, hu_window: as in
-        :func:`lits.load_splits`.
+      **sampling: the protocol's parameters, as for :func:`lits.load_splits`
+        (:func:`lits.sampling_params`).
 
     Returns:
       {'train', 'val', 'test'} -> SliceSet, ordered by volume id then slice index.
@@ -79,14 +69,7 @@ def load_splits_tfds(
     """
     import tensorflow_datasets as tfds
 
-    params = dict(
-        image_size=int(image_size),
-        liver_slices=int(liver_slices),
-        background_slices=int(background_slices),
-        split_seed=int(split_seed),
-        fractions=tuple(float(f) for f in fractions),
-        hu_window=tuple(float(w) for w in hu_window),
-    )
+    params = lits.sampling_params(**sampling)
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # TFDS warns that a dataset not built yet has no info
@@ -115,7 +98,7 @@ def load_splits_tfds(
             f"{data_path}: built with parameters {stored}, expected {cfg.params()}"
         )
     info_splits = builder.info.splits
-    empty = lits.empty_arrays(image_size)
+    empty = lits.empty_arrays(params["image_size"])
     sets = {}
     mod = _builder_module()
     for tfds_name, name in mod.SPLIT_NAMES.items():

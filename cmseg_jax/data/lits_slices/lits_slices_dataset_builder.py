@@ -30,8 +30,10 @@ from cmseg_jax.data import lits, phantom
 
 # Split names in TFDS (``validation`` by its convention) -> the loader's names.
 SPLIT_NAMES = {"train": "train", "validation": "val", "test": "test"}
-THESIS_FRACTIONS = (0.6, 0.2, 0.2)
-THESIS_WINDOW = (-1024.0, 1024.0)
+# The protocol's defaults (the thesis' values) live in cmseg_jax.data.lits.
+_THESIS = lits.sampling_params()
+THESIS_FRACTIONS = _THESIS["fractions"]
+THESIS_WINDOW = _THESIS["hu_window"]
 PARAM_FIELDS = (
     "image_size",
     "liver_slices",
@@ -70,10 +72,10 @@ class LitsSlicesConfig(tfds.core.BuilderConfig):
     :func:`config_name` of them."""
 
     name: str = ""
-    image_size: int = 512
-    liver_slices: int = 10
-    background_slices: int = 10
-    split_seed: int = 0
+    image_size: int = _THESIS["image_size"]
+    liver_slices: int = _THESIS["liver_slices"]
+    background_slices: int = _THESIS["background_slices"]
+    split_seed: int = _THESIS["split_seed"]
     fractions: tuple[float, float, float] = THESIS_FRACTIONS
     hu_window: tuple[float, float] = THESIS_WINDOW
 
