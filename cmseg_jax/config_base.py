@@ -265,6 +265,81 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+# ----------------------------------------------------------------------------------------------
+# Hyperparameter grids.
+#
+# A config declares a grid as ``config.sweep.grid = grid_spec({field: values})``: the string form
+# ``"model.smoothing_sigma=3,5,7,9; train.learning_rate=0.01,0.003"`` (a ConfigDict cannot hold
+# dotted keys; the string also overrides from the command line,
+# ``--config.sweep.grid='model.smoothing_sigma=3,5'``). Every combination of values is a grid
+# point; each is trained for every seed.
+
+
+def grid_spec(grid: dict) -> str:
+    """The string form of ``{field: values}`` for ``config.sweep.grid``."""
+    items = (f"{field}={','.join(str(v) for v in values)}" for field, values in grid.items())
+    return "; ".join(items)
+
+
+def parse_grid(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """``config.sweep.grid`` as {field: values} in declaration order ({} without a grid).
+
+    Raises:
+      ValueError: an unknown field, a value of the wrong type, a repeated field or value (one
+        line naming the field).
+    """
+    spec = config.get("sweep", {}).get("grid", "") if "sweep" in config else ""
+    grid: dict[str, tuple] = {}
+    for item in (spec or "").split(";"):
+        if not item.strip():
+            continue
+        field, eq, text = item.partition("=")
+        field = field.strip()
+        if not eq or not text.strip():
+            raise ValueError(f"sweep.grid: {item.strip()!r} is not field=value,value,...")
+        if field in grid:
+            raise ValueError(f"sweep.grid: {field} appears twice")
+        *parents, leaf = field.split(".")
+        node = config
+        try:
+            for name in parents:
+                node = node[name]
+            old = node[leaf]
+        except (KeyError, AttributeError, TypeError):
+            raise ValueError(f"sweep.grid: {field!r}: no such field") from None
+        if field == "model.smoothing_sigma" and old is None:
+            old = 0.0
+        values = tuple(_parse_value(field, v.strip(), old) for v in text.split(","))
+        if len(set(values)) != len(values):
+            raise ValueError(f"sweep.grid: {field} repeats a value")
+        grid[field] = values
+    return grid
+
+
+def grid_points(grid: dict[str, tuple]) -> list[dict]:
+    """Every combination of the grid's values, the first field varying slowest ([{}] if none)."""
+    points = [{}]
+    for field, values in grid.items():
+        points = [{**p, field: v} for p in points for v in values]
+    return points
+
+
+def point_name(point: dict) -> str:
+    """A grid point as a directory name: ``model.smoothing_sigma=3.0,train.learning_rate=0.01``."""
+    return ",".join(f"{field}={value}" for field, value in point.items()) or "default"
+
+
+def at_point(config: ml_collections.ConfigDict, point: dict) -> ml_collections.ConfigDict:
+    """The config of one grid point: the point's values set, no grid left (the config a run of
+    that point alone would have)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if "sweep" in config:
+        del config["sweep"]
+    for field, value in point.items():
+        _set(config, field, value)
+    return config
+
+
 def load_config_file(spec: str, root: str | pathlib.Path = ".") -> ml_collections.ConfigDict:
     """Loads ``path/to/config.py[:variant]`` (relative to ``root``) as ``--config`` would."""
     path, _, variant = spec.partition(":")
