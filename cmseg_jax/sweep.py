@@ -1,6 +1,6 @@
 """Trains many seeds of one experiment at once; the CLI entry, the only module that knows devices.
 
-    python -m cmseg_jax.sweep --config configs/cam_beta.py --num_seeds 48 --workdir runs/cam_beta
+    python -m cmseg_jax.sweep --config configs/cam_beta.py --num_seeds 48   # workdir runs/cam_beta
     python -m cmseg_jax.sweep --config configs/full_ce.py:cpu --seeds 3,7 --workdir runs/x \
         --config.train.epochs=5
     python -m cmseg_jax.sweep --config configs/cam_beta.py --dry_run
@@ -787,7 +787,9 @@ def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) 
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:variant).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, logs and results go (default: runs/<config.name>)."
+)
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Train seeds 0 .. N-1.")
 _SEEDS = flags.DEFINE_string("seeds", None, "Train exactly these seeds, e.g. 3,7.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print params, FLOPs and memory, then exit.")
@@ -831,13 +833,29 @@ def main(argv: Sequence[str]) -> None:
             f"{info['program_bytes_per_device'] / 2**30:.2f} GiB + data)"
         )
         return
-    if not _WORKDIR.value:
-        raise errors.UsageError("--workdir is required")
+    workdir = _WORKDIR.value or default_workdir(config)
     t0 = time.time()
     with errors.StopSignals() as stop:
-        out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value, stop=stop)
+        out = run(config, workdir, seeds, progress=_PROGRESS.value, stop=stop)
     print(out["summary"])
-    print(f"wrote {_WORKDIR.value} in {time.time() - t0:.0f} s")
+    print(f"wrote {workdir} in {time.time() - t0:.0f} s")
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:
+    """``runs/<config.name>`` under the current directory, for a sweep started without
+    ``--workdir``; said in one line, as the same command resumes there."""
+    name = config.get("name")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise errors.UsageError(
+            f"config.name={name!r}: not a directory name for the default workdir; give --workdir"
+        )
+    workdir = pathlib.Path("runs") / name
+    print(
+        f"WORKDIR: --workdir not given, using {workdir} (the same command resumes there)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return workdir
 
 
 def _load_config() -> ml_collections.ConfigDict:
