@@ -37,7 +37,17 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, config_base, cost, errors, io_utils, methods, results, validate
+from cmseg_jax import (
+    checkpoint,
+    config_base,
+    cost,
+    errors,
+    io_utils,
+    methods,
+    results,
+    tensorboard_log,
+    validate,
+)
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset
 from cmseg_jax.models.convmixerseg import count_params
@@ -555,6 +565,7 @@ def run(
     start, restored, resume = _resume(ckpt, interrupted, _take(states, num), jsonl)
     if restored is not None:
         states = jax.device_put(_pad_state(restored, len(keys)), layout.seeds)
+    board = tensorboard_log.EpochBoard(workdir, first_epoch=start + 1)
 
     epochs = config.train.epochs
     final_evals = None
@@ -599,9 +610,9 @@ def run(
         elif epoch % config.eval.every_epochs == 0:
             evals = _evaluate(fns.evaluate, states, data, class_weights, num)
         if epoch == epochs or epoch % config.eval.every_epochs == 0:
-            results.append_jsonl(
-                jsonl, results.epoch_records(epoch, seeds, train_loss, evals, diverged)
-            )
+            rows = results.epoch_records(epoch, seeds, train_loss, evals, diverged)
+            results.append_jsonl(jsonl, rows)
+            board.write(rows)
         if diverged.any():
             logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
         ckpt.save(epoch, _take(states, num))
@@ -613,6 +624,7 @@ def run(
     stop.deferring = False
     bar.close()
     ckpt.close()
+    board.close()
 
     out = _finish(
         config, workdir, seeds, states, data, class_weights, fns, data_description, final_evals
