@@ -196,7 +196,7 @@ def check_same(value: int, what: str) -> None:
     if np.any(values != values[0]):
         raise errors.UsageError(
             f"the processes planned different values of {what} ({values.tolist()}); "
-            "give it explicitly"
+            f"give it explicitly (--config.{what}=...)"
         )
 
 
