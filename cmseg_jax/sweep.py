@@ -658,7 +658,8 @@ def _resume(ckpt, interrupted, like, jsonl: pathlib.Path):
     """Where a workdir's run stands: (last complete epoch, its state or None, and the
     ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way)."""
     had = bool(ckpt.epochs())
-    start, restored = ckpt.restore_latest(like, report=_warn)
+    # Process 0 alone moves a corrupt checkpoint aside; the others skip it as it does.
+    start, restored = ckpt.restore_latest(like, report=_warn, quarantine=distributed.is_writer())
     start = start or 0
     resume = None
     num = len(jax.tree_util.tree_leaves(like)[0])
