@@ -1,6 +1,6 @@
 """Trains many seeds of one experiment at once; the CLI entry, the only module that knows devices.
 
-    python -m cmseg_jax.sweep --config configs/cam_beta.py --num_seeds 48 --workdir runs/cam_beta
+    python -m cmseg_jax.sweep --config configs/cam_beta.py --num_seeds 48   # workdir runs/cam_beta
     python -m cmseg_jax.sweep --config configs/full_ce.py:cpu --seeds 3,7 --workdir runs/x \
         --config.train.epochs=5
     python -m cmseg_jax.sweep --config configs/cam_beta.py --dry_run
@@ -37,7 +37,18 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from cmseg_jax import checkpoint, config_base, cost, errors, io_utils, methods, results, validate
+from cmseg_jax import (
+    checkpoint,
+    config_base,
+    cost,
+    distributed,
+    errors,
+    io_utils,
+    methods,
+    results,
+    tensorboard_log,
+    validate,
+)
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset
@@ -185,7 +196,7 @@ def _pad_seeds(keys: np.ndarray, total: int) -> np.ndarray:
 
 
 def _host(tree):
-    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+    return distributed.to_host(tree)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -273,12 +284,13 @@ def memory_budget(config: ml_collections.ConfigDict, devices: Sequence) -> tuple
         raise errors.UsageError(f"train.memory_budget_gb must be >= 0, got {gb:g}")
     if gb > 0:
         return gb * 2**30, f"train.memory_budget_gb={gb:g}"
-    device = devices[0]
+    local = [d for d in devices if d.process_index == jax.process_index()] or list(devices)
+    device = local[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return float(stats["bytes_limit"]), f"{device.device_kind} memory"
     host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return 0.5 * host / len(devices), "half the host memory"
+    return 0.5 * host / len(local), "half the host memory"
 
 
 def estimated_data_bytes(config: ml_collections.ConfigDict) -> int:
@@ -514,9 +526,11 @@ def run(
     sizes = {name: len(splits[name].labels) for name in SPLITS}
     validate.check_splits(config, sizes)
     print(f"DATA: {data_description}", file=sys.stderr, flush=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    io_utils.remove_orphans(workdir)
-    workdir_io.write_config(workdir, config, seeds)
+    if distributed.is_writer():
+        workdir.mkdir(parents=True, exist_ok=True)
+        io_utils.remove_orphans(workdir)
+        workdir_io.write_config(workdir, config, seeds)
+    distributed.check_shared_dir(workdir)
     weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
     host_data = {
         # One padded copy serves training (which draws only the real slices) and evaluation.
@@ -530,13 +544,14 @@ def run(
     # A fixed chunk is not compiled twice: XLA names an out-of-memory chunk when it runs.
     plan = plan_layout(config, trainer, num, resident, measure_fixed=False)
     print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
+    distributed.check_same(plan.chunk, "train.seed_chunk")
     layout = plan.layout
-    data = jax.device_put(host_data, layout.replicated)
-    class_weights = jax.device_put(weights, layout.replicated)
+    data = distributed.put(host_data, layout.replicated)
+    class_weights = distributed.put(weights, layout.replicated)
     fns = SweepFns(trainer, layout, config.train.steps_per_call)
     keys = np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds])
     keys = _pad_seeds(keys, layout.padded(num))
-    states = fns.init(jax.device_put(keys, layout.seeds))
+    states = fns.init(distributed.put(keys, layout.seeds))
     if layout.shards > 1:
         print(
             f"DEVICES: {num} seeds (padded to {len(keys)}) over {layout.shards} devices "
@@ -549,7 +564,8 @@ def run(
     interrupted = checkpoint.InterruptedCheckpoint(workdir)
     start, restored, resume = _resume(ckpt, interrupted, _take(states, num), workdir)
     if restored is not None:
-        states = jax.device_put(_pad_state(restored, len(keys)), layout.seeds)
+        states = distributed.put(_pad_state(restored, len(keys)), layout.seeds)
+    board = tensorboard_log.EpochBoard(workdir, first_epoch=start + 1)
 
     epochs = config.train.epochs
     final_evals = None
@@ -558,7 +574,7 @@ def run(
         total=(epochs - start) * spe * num,
         unit="seed-step",
         unit_scale=True,
-        disable=not progress,
+        disable=not progress or not distributed.is_writer(),
         desc=f"{config.name} × {num} seeds",
         file=sys.stderr,
     )
@@ -576,15 +592,15 @@ def run(
             step0 += length
             out["loss_sum"].block_until_ready()
             bar.update(length * num)
-            if stop.requested:
-                loss = np.asarray(loss_sum)[:num]
+            if distributed.any_process(stop.requested):
+                loss = _host(loss_sum)[:num]
                 interrupted.save(epoch, step0, _take(states, num), loss)
                 raise stop.stop(
                     f"checkpoint written in epoch {epoch} after step {step0} of {spe} "
                     f"({interrupted.directory}); rerun the same command to resume"
                 )
-        train_loss = np.asarray(loss_sum)[:num] / spe
-        diverged = np.asarray(states.diverged)[:num]
+        train_loss = _host(loss_sum)[:num] / spe
+        diverged = _host(states.diverged)[:num]
         bar.set_postfix(
             epoch=epoch, loss=f"{np.nanmean(np.where(diverged, np.nan, train_loss)):.4f}"
         )
@@ -594,20 +610,22 @@ def run(
         elif epoch % config.eval.every_epochs == 0:
             evals = _evaluate(fns.evaluate, states, data, class_weights, num)
         if epoch == epochs or epoch % config.eval.every_epochs == 0:
-            workdir_io.append_metrics(
-                workdir, results.epoch_records(epoch, seeds, train_loss, evals, diverged)
-            )
+            rows = results.epoch_records(epoch, seeds, train_loss, evals, diverged)
+            if distributed.is_writer():
+                workdir_io.append_metrics(workdir, rows)
+                board.write(rows)
         if diverged.any():
             logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
         ckpt.save(epoch, _take(states, num))
         interrupted.clear()
-        if stop.requested:
+        if distributed.any_process(stop.requested):
             raise stop.stop(
                 f"checkpoint of epoch {epoch} written; rerun the same command to resume"
             )
     stop.deferring = False
     bar.close()
     ckpt.close()
+    board.close()
 
     out = _finish(
         config, workdir, seeds, states, data, class_weights, fns, data_description, final_evals
@@ -635,7 +653,8 @@ def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
     """Where a workdir's run stands: (last complete epoch, its state or None, and the
     ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way)."""
     had = bool(ckpt.epochs())
-    start, restored = ckpt.restore_latest(like, report=_warn)
+    # Process 0 alone moves a corrupt checkpoint aside; the others skip it as it does.
+    start, restored = ckpt.restore_latest(like, report=_warn, quarantine=distributed.is_writer())
     start = start or 0
     resume = None
     num = len(jax.tree_util.tree_leaves(like)[0])
@@ -643,7 +662,8 @@ def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
     if part is not None:
         restored, resume = part[1], (part[0], part[2])
     if start or resume is not None:
-        workdir_io.truncate_metrics(workdir, start)
+        if distributed.is_writer():
+            workdir_io.truncate_metrics(workdir, start)
         where = f"after epoch {start}"
         if resume is not None:
             where += f", in epoch {start + 1} after step {resume[0]}"
@@ -652,7 +672,8 @@ def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
     else:
         if had:
             _warn(f"{ckpt.directory}: no intact checkpoint left; training from the start")
-        workdir_io.remove_metrics(workdir)
+        if distributed.is_writer():
+            workdir_io.remove_metrics(workdir)
     return start, restored, resume
 
 
@@ -673,7 +694,7 @@ def _pad_rows(x, total: int):
 
 def _take(states: TrainState, num: int) -> TrainState:
     """The first ``num`` (real) seeds, as host numpy: a checkpoint never depends on the mesh."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x)[:num], states)
+    return jax.tree_util.tree_map(lambda x: x[:num], _host(states))
 
 
 def _pad_state(states: TrainState, total: int) -> TrainState:
@@ -710,14 +731,19 @@ def _finish(
 ) -> dict:
     """Final result files; ``evals`` = the final evaluation if the last epoch already ran it."""
     num = len(seeds)
-    diverged = np.asarray(states.diverged)[:num]
+    diverged = _host(states.diverged)[:num]
     if evals is None:  # a finished workdir re-run: evaluate the restored state
         evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
+    evals_ns = None
+    if fns.evaluate_final_no_smoothing is not None:
+        evals_ns = _evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
+    states = _host(states)  # every collective before process 0 alone writes
+    if not distributed.is_writer():
+        return {"seeds": seeds, "diverged": diverged, "table": None, "summary": ""}
     table = _write_final(workdir, "default", seeds, evals, diverged)
     summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
-    if fns.evaluate_final_no_smoothing is not None:
-        evals = _evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
-        table_ns = _write_final(workdir, "no_smoothing", seeds, evals, diverged)
+    if evals_ns is not None:
+        table_ns = _write_final(workdir, "no_smoothing", seeds, evals_ns, diverged)
         summary += "\n" + results.summary_markdown(
             f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
             seeds,
@@ -772,12 +798,15 @@ def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) 
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:variant).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, logs and results go (default: runs/<config.name>)."
+)
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Train seeds 0 .. N-1.")
 _SEEDS = flags.DEFINE_string("seeds", None, "Train exactly these seeds, e.g. 3,7.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print params, FLOPs and memory, then exit.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _DEBUG = flags.DEFINE_bool("debug", False, "On an error, print its traceback too.")
+_DISTRIBUTED = distributed.define_flags()
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> pathlib.Path | None:
@@ -794,6 +823,7 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> pathlib.Path 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise errors.UsageError(f"{argv[1]}: unexpected argument (flags start with --)")
+    distributed.initialize(**{name: holder.value for name, holder in _DISTRIBUTED.items()})
     # Orbax logs every save at INFO; keep the terminal for the progress bar and the summary.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
@@ -816,13 +846,30 @@ def main(argv: Sequence[str]) -> None:
             f"{info['program_bytes_per_device'] / 2**30:.2f} GiB + data)"
         )
         return
-    if not _WORKDIR.value:
-        raise errors.UsageError("--workdir is required")
+    workdir = _WORKDIR.value or default_workdir(config)
     t0 = time.time()
     with errors.StopSignals() as stop:
-        out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value, stop=stop)
-    print(out["summary"])
-    print(f"wrote {_WORKDIR.value} in {time.time() - t0:.0f} s")
+        out = run(config, workdir, seeds, progress=_PROGRESS.value, stop=stop)
+    if distributed.is_writer():
+        print(out["summary"])
+        print(f"wrote {workdir} in {time.time() - t0:.0f} s")
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:
+    """``runs/<config.name>`` under the current directory, for a sweep started without
+    ``--workdir``; said in one line, as the same command resumes there."""
+    name = config.get("name")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise errors.UsageError(
+            f"config.name={name!r}: not a directory name for the default workdir; give --workdir"
+        )
+    workdir = pathlib.Path("runs") / name
+    print(
+        f"WORKDIR: --workdir not given, using {workdir} (the same command resumes there)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return workdir
 
 
 def _load_config() -> ml_collections.ConfigDict:
