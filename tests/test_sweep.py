@@ -16,7 +16,9 @@ import pytest
 
 from cmseg_jax.checkpoint import Checkpointer
 from cmseg_jax.results import RESULT_METRICS
-from cmseg_jax.sweep import _call_lengths, _check_workdir, over_seeds, resolve_seeds
+from cmseg_jax.sweep import over_seeds, resolve_seeds
+from cmseg_jax.sweep.layout import _call_lengths
+from cmseg_jax.sweep.loop import _check_workdir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
@@ -322,7 +324,7 @@ def test_layout_planner(monkeypatch):
         extra = gib if chunk >= 12 else 0  # grows faster than the two-point extrapolation
         return gib + 2 * gib * chunk + extra
 
-    monkeypatch.setattr(sweep, "step_bytes", fake_step_bytes)
+    monkeypatch.setattr(sweep.layout, "step_bytes", fake_step_bytes)
     # On a CPU with no budget: one seed per chunk (lax.map over seeds).
     plan = sweep.plan_layout(config, None, 5, data_bytes=0)
     assert (plan.mode, plan.chunk, plan.padded) == ("map", 1, 5)

@@ -1,0 +1,421 @@
+"""The sweep's training loop over epochs: data on the devices, resume, per-epoch metrics and
+checkpoints, final evaluations and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from cmseg_jax import (
+    checkpoint,
+    config_base,
+    distributed,
+    errors,
+    io_utils,
+    methods,
+    results,
+    tensorboard_log,
+    validate,
+)
+from cmseg_jax import workdir as workdir_io
+from cmseg_jax.config_base import get_base_config
+from cmseg_jax.data import dataset
+from cmseg_jax.sweep.layout import SweepFns, plan_layout
+from cmseg_jax.train import TrainState, make_train, seed_key
+
+SPLITS = dataset.SPLITS
+
+
+def _pad_seeds(keys: np.ndarray, total: int) -> np.ndarray:
+    """Repeats the last key up to ``total`` rows (the extra seeds' results are dropped)."""
+    extra = total - len(keys)
+    return np.concatenate([keys, np.repeat(keys[-1:], extra, axis=0)]) if extra else keys
+
+
+def _host(tree):
+    return distributed.to_host(tree)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Fields that change how a run is computed (memory layout, recomputation, call granularity,
+# caching), not what it computes: a workdir may be resumed with other values.
+EXECUTION_FIELDS = frozenset(
+    {
+        "model.remat",
+        "model.decoder_chunk",
+        "train.seed_chunk",
+        "train.seed_layout",
+        "train.memory_budget_gb",
+        "train.steps_per_call",
+        "train.compilation_cache",
+    }
+)
+
+
+def _holds_a_run(workdir: pathlib.Path) -> bool:
+    """Whether anything was trained or logged in ``workdir`` (a checkpoint or a result file)."""
+    ckpts = workdir / "checkpoints"
+    trained = ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+    logged = any(
+        (workdir / n).exists() for n in (workdir_io.METRICS, workdir_io.RESULTS, "interrupted")
+    )
+    return trained or logged
+
+
+def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
+    """Refuses to mix runs: a workdir holds one config and one seed list.
+
+    A field the workdir's ``config.json`` does not have yet (added to the config after that run
+    started) is accepted at its default value, so existing workdirs keep resuming. Fields in
+    :data:`EXECUTION_FIELDS` may differ. A workdir without any checkpoint or result (a start
+    that failed) takes the new config.
+    """
+    path = workdir / workdir_io.CONFIG
+    if workdir.exists() and not workdir.is_dir():
+        raise errors.IOFailure(f"{workdir}: not a directory (--workdir)")
+    if not path.exists() or not _holds_a_run(workdir):
+        return
+    try:
+        old = workdir_io.config_record(*workdir_io.read_config(workdir))
+    except (OSError, errors.IOFailure) as e:
+        raise errors.IOFailure(
+            f"{path}: unreadable ({errors.first_line(e.__cause__ or e)}); the workdir's run "
+            "cannot be identified"
+        ) from None
+    old, new = _flatten(old), _flatten(record)
+    defaults = _flatten(json.loads(get_base_config().to_json()))
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k)
+        and k not in EXECUTION_FIELDS
+        and not (k not in old and k in defaults and new.get(k) == defaults[k])
+    )
+    if changed:
+        raise errors.UsageError(
+            f"{path}: the workdir holds a run with different settings ({', '.join(changed)}); "
+            "use a new --workdir or the original command"
+        )
+
+
+# Share of a device's memory the planned step and the resident data may take; the rest is for
+# XLA's own workspace, fragmentation and the (smaller) evaluation programs.
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    seeds: Sequence[int],
+    progress: bool = True,
+    stop: errors.StopSignals | None = None,
+) -> dict:
+    """Trains ``seeds`` of ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+    The config and the data are validated before anything is compiled or written; ``config.json``
+    is written only then. Resuming walks back to the newest intact checkpoint (see
+    :mod:`cmseg_jax.checkpoint`). With ``stop`` (installed SIGINT / SIGTERM handlers) a signal
+    during training finishes the current compiled call, writes a checkpoint and raises
+    :class:`~cmseg_jax.errors.Interrupted`.
+
+    Returns:
+      {"seeds", "diverged", "table" (split -> metric -> (S,)), "summary" (markdown), "fns"}.
+    """
+    workdir = pathlib.Path(workdir)
+    seeds = list(seeds)
+    stop = stop or errors.StopSignals()
+    config = config_base.resolve(config)
+    validate.check_config(config)
+    record = workdir_io.config_record(config, seeds)
+    _check_workdir(workdir, record)
+    _check_writable(workdir)
+
+    splits, data_description = dataset.load_dataset(config)
+    sizes = {name: len(splits[name].labels) for name in SPLITS}
+    validate.check_splits(config, sizes)
+    print(f"DATA: {data_description}", file=sys.stderr, flush=True)
+    if distributed.is_writer():
+        workdir.mkdir(parents=True, exist_ok=True)
+        io_utils.remove_orphans(workdir)
+        workdir_io.write_config(workdir, config, seeds)
+    distributed.check_shared_dir(workdir)
+    weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
+    host_data = {
+        # One padded copy serves training (which draws only the real slices) and evaluation.
+        "train": dataset.device_layout(splits["train"], config.eval.batch_size),
+        "val": dataset.device_layout(splits["val"], config.eval.batch_size),
+        "test": dataset.device_layout(splits["test"], config.eval.batch_size),
+    }
+    trainer = make_train(config, num_train=len(splits["train"].labels))
+    num = len(seeds)
+    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(host_data))
+    # A fixed chunk is not compiled twice: XLA names an out-of-memory chunk when it runs.
+    plan = plan_layout(config, trainer, num, resident, measure_fixed=False)
+    print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
+    distributed.check_same(plan.chunk, "train.seed_chunk")
+    layout = plan.layout
+    data = distributed.put(host_data, layout.replicated)
+    class_weights = distributed.put(weights, layout.replicated)
+    fns = SweepFns(trainer, layout, config.train.steps_per_call)
+    keys = np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds])
+    keys = _pad_seeds(keys, layout.padded(num))
+    states = fns.init(distributed.put(keys, layout.seeds))
+    if layout.shards > 1:
+        print(
+            f"DEVICES: {num} seeds (padded to {len(keys)}) over {layout.shards} devices "
+            f"({jax.devices()[0].device_kind}), mesh axis 'seed'",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    ckpt = checkpoint.Checkpointer(workdir)
+    interrupted = checkpoint.InterruptedCheckpoint(workdir)
+    start, restored, resume = _resume(ckpt, interrupted, _take(states, num), workdir)
+    if restored is not None:
+        states = distributed.put(_pad_state(restored, len(keys)), layout.seeds)
+    board = tensorboard_log.EpochBoard(workdir, first_epoch=start + 1)
+
+    epochs = config.train.epochs
+    final_evals = None
+    spe = trainer.steps_per_epoch
+    bar = tqdm(
+        total=(epochs - start) * spe * num,
+        unit="seed-step",
+        unit_scale=True,
+        disable=not progress or not distributed.is_writer(),
+        desc=f"{config.name} × {num} seeds",
+        file=sys.stderr,
+    )
+    stop.deferring = True  # a signal from here on is honoured at the next safe point
+    for epoch in range(start + 1, epochs + 1):
+        loss_sum = jnp.zeros((len(keys),), jnp.float32)
+        step0 = 0
+        if resume is not None and epoch == start + 1:  # an epoch stopped part-way
+            step0, loss_sum = resume[0], _pad_rows(resume[1], len(keys))
+        for length in _remaining_calls(fns.call_lengths, step0):
+            states, out = fns.train[length](
+                states, data["train"], class_weights, jnp.int32(epoch), jnp.int32(step0)
+            )
+            loss_sum = loss_sum + out["loss_sum"]
+            step0 += length
+            out["loss_sum"].block_until_ready()
+            bar.update(length * num)
+            if distributed.any_process(stop.requested):
+                loss = _host(loss_sum)[:num]
+                interrupted.save(epoch, step0, _take(states, num), loss)
+                raise stop.stop(
+                    f"checkpoint written in epoch {epoch} after step {step0} of {spe} "
+                    f"({interrupted.directory}); rerun the same command to resume"
+                )
+        train_loss = _host(loss_sum)[:num] / spe
+        diverged = _host(states.diverged)[:num]
+        bar.set_postfix(
+            epoch=epoch, loss=f"{np.nanmean(np.where(diverged, np.nan, train_loss)):.4f}"
+        )
+        if epoch == epochs:
+            # The final evaluation is a superset of the per-epoch one: run it once, use it twice.
+            final_evals = evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
+        elif epoch % config.eval.every_epochs == 0:
+            evals = _evaluate(fns.evaluate, states, data, class_weights, num)
+        if epoch == epochs or epoch % config.eval.every_epochs == 0:
+            rows = results.epoch_records(epoch, seeds, train_loss, evals, diverged)
+            if distributed.is_writer():
+                workdir_io.append_metrics(workdir, rows)
+                board.write(rows)
+        if diverged.any():
+            logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
+        ckpt.save(epoch, _take(states, num))
+        interrupted.clear()
+        if distributed.any_process(stop.requested):
+            raise stop.stop(
+                f"checkpoint of epoch {epoch} written; rerun the same command to resume"
+            )
+    stop.deferring = False
+    bar.close()
+    ckpt.close()
+    board.close()
+
+    out = _finish(
+        config, workdir, seeds, states, data, class_weights, fns, data_description, final_evals
+    )
+    out["fns"] = fns
+    return out
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _check_writable(workdir: pathlib.Path) -> None:
+    """Fails early (before the data are read) if ``workdir`` cannot be created or written."""
+    existing = workdir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise errors.IOFailure(f"{existing}: not a directory (--workdir={workdir})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise errors.IOFailure(f"{existing}: not writable (--workdir={workdir})")
+
+
+def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
+    """Where a workdir's run stands: (last complete epoch, its state or None, and the
+    ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way)."""
+    had = bool(ckpt.epochs())
+    # Process 0 alone moves a corrupt checkpoint aside; the others skip it as it does.
+    start, restored = ckpt.restore_latest(like, report=_warn, quarantine=distributed.is_writer())
+    start = start or 0
+    resume = None
+    num = len(jax.tree_util.tree_leaves(like)[0])
+    part = interrupted.load(start + 1, like, num, report=_warn)
+    if part is not None:
+        restored, resume = part[1], (part[0], part[2])
+    if start or resume is not None:
+        if distributed.is_writer():
+            workdir_io.truncate_metrics(workdir, start)
+        where = f"after epoch {start}"
+        if resume is not None:
+            where += f", in epoch {start + 1} after step {resume[0]}"
+        logging.info("resuming %s %s", workdir, where)
+        print(f"RESUME: {workdir} {where}", file=sys.stderr, flush=True)
+    else:
+        if had:
+            _warn(f"{ckpt.directory}: no intact checkpoint left; training from the start")
+        if distributed.is_writer():
+            workdir_io.remove_metrics(workdir)
+    return start, restored, resume
+
+
+def _remaining_calls(call_lengths: list[int], done: int) -> list[int]:
+    """The compiled calls of an epoch still to run after ``done`` of its steps."""
+    out, total = [], 0
+    for length in call_lengths:
+        if total >= done:
+            out.append(length)
+        total += length
+    return out
+
+
+def _pad_rows(x, total: int):
+    x = jnp.asarray(x)
+    return jnp.concatenate([x, jnp.zeros((total - x.shape[0],) + x.shape[1:], x.dtype)])
+
+
+def _take(states: TrainState, num: int) -> TrainState:
+    """The first ``num`` (real) seeds, as host numpy: a checkpoint never depends on the mesh."""
+    return jax.tree_util.tree_map(lambda x: x[:num], _host(states))
+
+
+def _pad_state(states: TrainState, total: int) -> TrainState:
+    def pad(x):
+        x = jnp.asarray(x)
+        extra = total - x.shape[0]
+        return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+    return jax.tree_util.tree_map(pad, states)
+
+
+def _evaluate(evaluate, states, data, class_weights, num) -> dict:
+    evals = {split: evaluate(states, data[split], class_weights) for split in SPLITS}
+    return jax.tree_util.tree_map(lambda x: x[:num], _host(evals))
+
+
+def _write_final(workdir, variant, seeds, evals, diverged) -> dict:
+    """final_stats{suffix}.npz and results{suffix}.csv from final evaluation sums; the table."""
+    confusion = np.stack([np.asarray(evals[s]["confusion"], np.int64) for s in SPLITS], axis=1)
+    cls_confusion = np.stack(
+        [np.asarray(evals[s]["cls_confusion"], np.int64) for s in SPLITS], axis=1
+    )
+    hists = np.stack([np.asarray(evals[s]["histograms"], np.int64) for s in SPLITS], axis=1)
+    workdir_io.write_final_stats(
+        workdir, seeds, confusion, cls_confusion, hists[:, :, 0], hists[:, :, 1], variant
+    )
+    table = results.final_table(seeds, confusion, cls_confusion, diverged)
+    workdir_io.write_results_csv(workdir, seeds, table, variant)
+    return table
+
+
+def _finish(
+    config, workdir, seeds, states, data, class_weights, fns, data_description, evals=None
+) -> dict:
+    """Final result files; ``evals`` = the final evaluation if the last epoch already ran it."""
+    num = len(seeds)
+    diverged = _host(states.diverged)[:num]
+    if evals is None:  # a finished workdir re-run: evaluate the restored state
+        evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
+    evals_ns = None
+    if fns.evaluate_final_no_smoothing is not None:
+        evals_ns = _evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
+    states = _host(states)  # every collective before process 0 alone writes
+    if not distributed.is_writer():
+        return {"seeds": seeds, "diverged": diverged, "table": None, "summary": ""}
+    table = _write_final(workdir, "default", seeds, evals, diverged)
+    summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
+    if evals_ns is not None:
+        table_ns = _write_final(workdir, "no_smoothing", seeds, evals_ns, diverged)
+        summary += "\n" + results.summary_markdown(
+            f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
+            seeds,
+            table_ns,
+            diverged,
+            data_description,
+        )
+    workdir_io.write_summary(workdir, summary)
+    _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
+    device = jax.devices()[0]
+    workdir_io.write_run_info(
+        workdir,
+        seeds=seeds,
+        diverged=[s for s, d in zip(seeds, diverged, strict=True) if d],
+        epochs_completed=config.train.epochs,
+        num_epochs=config.train.epochs,
+        data=data_description,
+        device=f"{device.platform}:{device.device_kind}",
+    )
+    return {"seeds": seeds, "diverged": diverged, "table": table, "summary": summary}
+
+
+def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) -> None:
+    """Test slices with the liver score of the best / median / worst seed by validation MCC."""
+    val_mcc = np.where(diverged, np.nan, table["val"]["mcc"])
+    finite = np.flatnonzero(np.isfinite(val_mcc))
+    if finite.size == 0:
+        return
+    order = finite[np.argsort(val_mcc[finite], kind="stable")]
+    picks = [order[-1], order[len(order) // 2], order[0]]
+    test = jax.tree_util.tree_map(np.asarray, data["test"])
+    valid = np.flatnonzero(test["valid"])
+    liver = [i for i in valid if test["labels"][i] == 1]
+    background = [i for i in valid if test["labels"][i] == 0]
+    half = config.eval.num_examples // 2
+    chosen = np.asarray(
+        (liver[:half] + background[: config.eval.num_examples - half])[: config.eval.num_examples]
+    )
+    images = dataset.decode_images(test["images"][chosen])
+    scores = []
+    for row in picks:
+        state = jax.tree_util.tree_map(lambda x, r=row: x[r], states)
+        scores.append(np.asarray(fns.predict(state, jnp.asarray(images)), np.float16))
+    workdir_io.write_examples(
+        workdir,
+        images=images,
+        masks=test["masks"][chosen],
+        seeds=[seeds[r] for r in picks],
+        scores=np.stack(scores),
+        threshold=methods.of(config).threshold(config),
+    )
