@@ -156,6 +156,23 @@ def test_second_invocation_resumes_without_training(reproduction):
     assert (out / "report.md").exists()
 
 
+def test_a_run_in_no_comparison_gets_its_own_report(reproduction, tmp_path):
+    out, _, _ = reproduction
+    alone = tmp_path / "alone"
+    shutil.copytree(out / "runs" / "ablation_no_aug", alone / "runs" / "ablation_no_aug")
+    shutil.copy(out / "settings.txt", alone / "settings.txt")
+    proc = _run("--size", "tiny", "--num_seeds", 2, "--only", "ablation_no_aug", "--out", alone)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skip ablation_no_aug: finished" in proc.stdout
+    assert not list((alone / "comparisons").iterdir())
+    text = (alone / "report.md").read_text()
+    assert "missing: cam_beta" in text
+    assert "(experiments/ablation_no_aug/summary.csv)" in text
+    (table,) = _tables(text, "### `ablation_no_aug`:")
+    results = _results(alone / "runs" / "ablation_no_aug")
+    _assert_cell(table[1][5], results["test"]["mcc"], "test mcc")
+
+
 def test_other_settings_in_the_same_out_are_refused(reproduction):
     out, _, _ = reproduction
     proc = _run("--size", "cpu", "--only", "cam_beta", "--out", out)
