@@ -3,6 +3,7 @@
 #
 #   bash launch/reproduce_thesis.sh [--data DIR] [--num_seeds N] [--size tiny|cpu|thesis]
 #                                   [--out DIR] [--only LIST] [-- SWEEP_FLAGS...]
+#   e.g. bash launch/reproduce_thesis.sh --size tiny --num_seeds 8 --only full_ce,cam_beta
 #
 # Trains the eight experiments (OUT/runs/<name>), each a sweep of N seeds; a finished one is
 # skipped, an interrupted one resumes from its last checkpoint. Then it runs the thesis'
@@ -140,8 +141,9 @@ for name in "${selected[@]}"; do
   [[ -n $data ]] && cmd+=(--config.data.source=lits "--config.data.dir=$data")
   cmd+=(${sweep_flags[@]+"${sweep_flags[@]}"})
   echo "+ ${cmd[*]}"
+  printf '# %s\n+ %s\n' "$(date -Is)" "${cmd[*]}" >>"$out/logs/$name.log"
   start=$(date +%s)
-  "${cmd[@]}" 2>&1 | tee "$out/logs/$name.log"
+  "${cmd[@]}" 2>&1 | tee -a "$out/logs/$name.log"
   printf '%s\ttrained\t%s\t%s\n' "$name" "$(($(date +%s) - start))" "$(date -Is)" \
     >>"$out/timings.tsv"
 done
