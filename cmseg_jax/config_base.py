@@ -316,6 +316,18 @@ def parse_grid(config: ml_collections.ConfigDict) -> dict[str, tuple]:
     return grid
 
 
+# Grid fields that are traced (vmapped next to the seeds in one program) rather than compiled once
+# per value: σ builds the Gaussian inside the step, the learning rate is optimizer state.
+TRACED = ("model.smoothing_sigma", "train.learning_rate")
+
+
+def split_grid(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+    """(traced fields -> values, untraced fields -> values) of the config's grid."""
+    grid = parse_grid(config)
+    traced = {f: v for f, v in grid.items() if f in TRACED}
+    return traced, {f: v for f, v in grid.items() if f not in traced}
+
+
 def grid_points(grid: dict[str, tuple]) -> list[dict]:
     """Every combination of the grid's values, the first field varying slowest ([{}] if none)."""
     points = [{}]

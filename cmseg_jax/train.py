@@ -81,8 +81,7 @@ class GridTrainState(TrainState):
     hparams: Any = None
 
 
-# Grid fields that are traced (vmapped next to the seeds) rather than compiled once per value.
-TRACED = ("model.smoothing_sigma", "train.learning_rate")
+TRACED = config_base.TRACED
 
 
 def seed_key(root_seed: int, seed: int) -> jnp.ndarray:

@@ -229,6 +229,68 @@ def read_results_csv(
     return out
 
 
+GRID_RESULTS = "grid_results.csv"
+# A grid sweep: one workdir per grid point, one per program of untraced values.
+GRID_DIR = "grid"
+PROGRAMS_DIR = "programs"
+
+
+def write_grid_results(
+    workdir: PathLike,
+    fields: Sequence[str],
+    points: Sequence[tuple[dict, Sequence[int], dict]],
+) -> None:
+    """``grid_results.csv``: every grid point's results.csv rows, the grid fields as extra columns
+    (``seed,<field>...,split,metric,value``; values as in results.csv).
+
+    Args:
+        workdir: the grid sweep's workdir.
+        fields: the grid fields, in declaration order.
+        points: (point {field: value}, seeds (S,), table split -> metric -> (S,)) per point.
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["seed", *fields, "split", "metric", "value"])
+    for point, seeds, table in points:
+        values = [point[f] for f in fields]
+        for i, seed in enumerate(seeds):
+            for split in SPLITS:
+                for m in (m for m in RESULT_METRICS if m in table[split]):
+                    writer.writerow([int(seed), *values, split, m, f"{table[split][m][i]:.6g}"])
+    io_utils.write_text(pathlib.Path(workdir) / GRID_RESULTS, out.getvalue())
+
+
+def read_grid_results(workdir: PathLike) -> list[dict] | None:
+    """``grid_results.csv`` as rows {column: value} (numbers parsed); None when absent.
+
+    Raises:
+        IOFailure: the file is not a grid results table (naming it and the line).
+    """
+    path = pathlib.Path(workdir) / GRID_RESULTS
+    if not path.exists():
+        return None
+    rows = []
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        try:
+            if not set(RESULTS_COLUMNS) <= set(reader.fieldnames or ()):
+                raise KeyError("seed, split, metric, value")
+            for row in reader:
+                parsed = {}
+                for key, text in row.items():
+                    try:
+                        parsed[key] = float(text) if key not in ("split", "metric") else text
+                    except ValueError:
+                        parsed[key] = text
+                parsed["seed"] = int(parsed["seed"])
+                rows.append(parsed)
+        except (KeyError, ValueError, TypeError, csv.Error) as e:
+            raise errors.IOFailure(
+                f"{path}: line {reader.line_num}: not a grid results table ({errors.first_line(e)})"
+            ) from None
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------
 # final_stats.npz (and its variants), examples.npz
 

@@ -7,7 +7,8 @@ import pathlib
 import re
 from collections.abc import Sequence
 
-from cmseg_jax import io_utils
+from cmseg_jax import config_base, io_utils
+from cmseg_jax import workdir as workdir_io
 from cmseg_jax.report import figures, render
 from cmseg_jax.report.analysis import (
     compare_runs,
@@ -16,10 +17,31 @@ from cmseg_jax.report.analysis import (
     summary_table,
 )
 from cmseg_jax.report.runs import VARIANT_TITLES, Run, load_run
+from cmseg_jax.workdir import GRID_DIR, GRID_RESULTS
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
+
+
+def expand_grids(workdirs: Sequence[pathlib.Path]) -> tuple[list[pathlib.Path], list[dict]]:
+    """Replaces every grid sweep's workdir by its grid points' workdirs, in grid order.
+
+    Returns:
+        (workdirs, grids): ``grids`` has one {"workdir", "fields", "points"} per grid sweep.
+    """
+    out, grids = [], []
+    for path in workdirs:
+        if not (path / GRID_RESULTS).is_file() or not (path / GRID_DIR).is_dir():
+            out.append(path)
+            continue
+        config, _ = workdir_io.read_config(path)
+        traced, untraced = config_base.split_grid(config)
+        points = config_base.grid_points({**untraced, **traced})
+        dirs = [path / GRID_DIR / config_base.point_name(p) for p in points]
+        out += [d for d in dirs if d.is_dir()]
+        grids.append({"workdir": path, "fields": [*untraced, *traced], "points": points})
+    return out, grids
 
 
 def _unique_names(workdirs: Sequence[pathlib.Path]) -> list[str]:
@@ -84,6 +106,20 @@ def _run_entry(run: Run, threshold_metric: str, out: pathlib.Path) -> dict:
     }
 
 
+def _grid_figure(g: dict, runs: list[Run], out: pathlib.Path) -> list[str]:
+    """A one-field numeric grid: test MCC against the field (``grid_<field>.png``)."""
+    if len(g["fields"]) != 1:
+        return []
+    field = g["fields"][0]
+    by_dir = {r.workdir.resolve(): r for r in runs}
+    dirs = [g["workdir"] / GRID_DIR / config_base.point_name(p) for p in g["points"]]
+    chosen = [(p[field], by_dir[d.resolve()]) for p, d in zip(g["points"], dirs, strict=True)]
+    name = f"grid_{_slug(field)}.png"
+    if not figures.plot_grid([r for _, r in chosen], field, [v for v, _ in chosen], out / name):
+        return []
+    return ["", f"## Grid over `{field}`", "", f"![test MCC against {field}]({name})"]
+
+
 def build_report(
     workdirs: Sequence[str | pathlib.Path],
     out: str | pathlib.Path,
@@ -104,7 +140,7 @@ def build_report(
         The report's content as a JSON-ready dict (also written as ``report.json`` for ``json``).
     """
     out = pathlib.Path(out)
-    paths = [pathlib.Path(w) for w in workdirs]
+    paths, grids = expand_grids([pathlib.Path(w) for w in workdirs])
     runs = [load_run(p, n) for p, n in zip(paths, _unique_names(paths), strict=True)]
     out.mkdir(parents=True, exist_ok=True)
 
@@ -118,6 +154,9 @@ def build_report(
         comparisons = {r.name: compare_runs(runs[0], r, alpha) for r in runs[1:]}
         report["comparisons"] = [row for rows in comparisons.values() for row in rows]
         md += render.comparison_markdown(runs, comparisons, alpha)
+
+    for g in grids:
+        md += _grid_figure(g, runs, out)
 
     report = render.jsonable(report)
     io_utils.write_text(out / "report.md", "\n".join(md) + "\n")

@@ -121,3 +121,35 @@ def plot_examples(run: Run, path: pathlib.Path, max_examples: int = 3) -> bool:
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.86, wspace=0.04, hspace=0.06)
     _save(fig, path)
     return True
+
+
+def plot_grid(runs: list[Run], field: str, values: list, path: pathlib.Path, metric="mcc") -> bool:
+    """Test ``metric`` per seed against one grid field's value (points), mean ± std (line).
+
+    Args:
+        runs: one run per grid point, in the order of ``values``.
+        field: the grid field (axis label).
+        values: its numeric value at each run.
+
+    Returns:
+        False (and writes nothing) without a finite value.
+    """
+    per_point = [r.values["test"].get(metric, np.array([])) for r in runs]
+    per_point = [v[np.isfinite(v)] for v in per_point]
+    if not any(v.size for v in per_point):
+        return False
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    x = np.asarray(values, float)
+    for xi, v in zip(x, per_point, strict=True):
+        ax.plot(np.full(v.size, xi), v, "o", color=SPLIT_COLORS["test"], alpha=0.5, ms=4)
+    means = np.asarray([v.mean() if v.size else np.nan for v in per_point])
+    stds = np.asarray([v.std(ddof=1) if v.size > 1 else 0.0 for v in per_point])
+    ax.errorbar(x, means, yerr=stds, color="black", marker="s", capsize=4, label="mean ± std")
+    ax.set_xlabel(field)
+    ax.set_ylabel(f"test {metric_title(metric)}")
+    ax.set_title(f"test {metric_title(metric)} per seed against {field}")
+    ax.legend()
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.91)
+    _save(fig, path)
+    return True

@@ -109,7 +109,8 @@ class SweepFns:
                 over_seeds(fn, layout.chunk, layout), out_shardings=layout.seeds, **kwargs
             )
 
-        self.init = seeded(trainer.init)
+        # init((keys,)) or init((keys, hparams)): both are per seed-row.
+        self.init = seeded(lambda args: trainer.init(*args))
         self.train = {
             length: seeded(functools.partial(trainer.train_steps, length=length), donate_argnums=0)
             for length in sorted(set(self.call_lengths))
@@ -183,7 +184,7 @@ def step_bytes(config: ml_collections.ConfigDict, trainer: Trainer, layout: Seed
     key = seed_key(0, 0)
     keys = jax.ShapeDtypeStruct((n,) + key.shape, key.dtype, sharding=layout.seeds)
     fns = SweepFns(trainer, layout, steps_per_call=1)
-    states = placed(jax.eval_shape(fns.init, keys), layout.seeds)
+    states = placed(jax.eval_shape(fns.init, (keys,)), layout.seeds)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=layout.replicated)
     weights = jax.ShapeDtypeStruct((config.model.num_classes,), jnp.float32)
     mem = (

@@ -22,7 +22,6 @@ from cmseg_jax import (
     distributed,
     errors,
     io_utils,
-    methods,
     results,
     tensorboard_log,
     validate,
@@ -30,7 +29,10 @@ from cmseg_jax import (
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset
+from cmseg_jax.sweep import grid
 from cmseg_jax.sweep.layout import SweepFns, plan_layout
+from cmseg_jax.sweep.outputs import evaluate as _evaluate
+from cmseg_jax.sweep.outputs import finish as _finish
 from cmseg_jax.train import TrainState, make_train, seed_key
 
 SPLITS = dataset.SPLITS
@@ -126,7 +128,8 @@ def run(
     progress: bool = True,
     stop: errors.StopSignals | None = None,
 ) -> dict:
-    """Trains ``seeds`` of ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+    """Trains ``seeds`` of ``config`` in ``workdir`` (resuming if it holds a checkpoint); with a
+    ``sweep.grid``, every grid point × seed (:mod:`cmseg_jax.sweep.grid`).
 
     The config and the data are validated before anything is compiled or written; ``config.json``
     is written only then. Resuming walks back to the newest intact checkpoint (see
@@ -142,7 +145,46 @@ def run(
     stop = stop or errors.StopSignals()
     config = config_base.resolve(config)
     validate.check_config(config)
+    try:
+        traced, untraced = config_base.split_grid(config)
+    except ValueError as e:
+        raise errors.UsageError(str(e)) from None
+    if untraced:
+        return _run_programs(config, workdir, seeds, traced, untraced, progress, stop)
+    axis = grid.plain(seeds)
+    if traced:
+        points = tuple(config_base.grid_points(traced))
+        axis = grid.RunAxis(tuple(seeds), points, {}, workdir / workdir_io.GRID_DIR)
+    return _run(config, workdir, axis, progress, stop)
+
+
+def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> dict:
+    """A grid with untraced fields: one program per combination of their values."""
     record = workdir_io.config_record(config, seeds)
+    _check_workdir(workdir, record)
+    if distributed.is_writer():
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir_io.write_config(workdir, config, seeds)
+    outs, summary = [], []
+    for fixed in config_base.grid_points(untraced):
+        sub = grid.program_config(config, fixed, traced)
+        sub_dir = workdir / workdir_io.PROGRAMS_DIR / config_base.point_name(fixed)
+        points = tuple(config_base.grid_points(traced))
+        axis = grid.RunAxis(tuple(seeds), points, fixed, workdir / workdir_io.GRID_DIR)
+        out = _run(sub, sub_dir, axis, progress, stop)
+        outs.append(out)
+        summary.append(out["summary"])
+    grid_rows = [row for out in outs for row in out["grid_rows"]]
+    if distributed.is_writer():
+        workdir_io.write_grid_results(workdir, list(untraced) + list(traced), grid_rows)
+        workdir_io.write_summary(workdir, "\n".join(summary))
+    return {"seeds": seeds, "summary": "\n".join(summary), "grid_rows": grid_rows}
+
+
+def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> dict:
+    """Trains the rows of ``axis`` in ``workdir``: :func:`run` after the grid is laid out."""
+    seeds = axis.run_seeds
+    record = workdir_io.config_record(config, list(axis.seeds))
     _check_workdir(workdir, record)
     _check_writable(workdir)
 
@@ -153,7 +195,7 @@ def run(
     if distributed.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
         io_utils.remove_orphans(workdir)
-        workdir_io.write_config(workdir, config, seeds)
+        workdir_io.write_config(workdir, config, list(axis.seeds))
     distributed.check_shared_dir(workdir)
     weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
     host_data = {
@@ -162,7 +204,7 @@ def run(
         "val": dataset.device_layout(splits["val"], config.eval.batch_size),
         "test": dataset.device_layout(splits["test"], config.eval.batch_size),
     }
-    trainer = make_train(config, num_train=len(splits["train"].labels))
+    trainer = make_train(config, num_train=len(splits["train"].labels), traced=axis.traced)
     num = len(seeds)
     resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(host_data))
     # A fixed chunk is not compiled twice: XLA names an out-of-memory chunk when it runs.
@@ -175,7 +217,12 @@ def run(
     fns = SweepFns(trainer, layout, config.train.steps_per_call)
     keys = np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds])
     keys = _pad_seeds(keys, layout.padded(num))
-    states = fns.init(distributed.put(keys, layout.seeds))
+    hparams = axis.hparams()
+    if hparams is None:
+        states = fns.init(distributed.put((keys,), layout.seeds))
+    else:
+        hparams = {f: _pad_seeds(v, len(keys)) for f, v in hparams.items()}
+        states = fns.init(distributed.put((keys, hparams), layout.seeds))
     if layout.shards > 1:
         print(
             f"DEVICES: {num} seeds (padded to {len(keys)}) over {layout.shards} devices "
@@ -186,10 +233,14 @@ def run(
 
     ckpt = checkpoint.Checkpointer(workdir)
     interrupted = checkpoint.InterruptedCheckpoint(workdir)
-    start, restored, resume = _resume(ckpt, interrupted, _take(states, num), workdir)
+    point_dirs = [axis.point_dir(i) for i in range(len(axis.points))] if axis.is_grid else []
+    start, restored, resume = _resume(
+        ckpt, interrupted, _take(states, num), workdir, extra_dirs=point_dirs
+    )
     if restored is not None:
         states = distributed.put(_pad_state(restored, len(keys)), layout.seeds)
-    board = tensorboard_log.EpochBoard(workdir, first_epoch=start + 1)
+    # A grid logs per point (seed ids repeat across points): one board per point's workdir.
+    boards = [tensorboard_log.EpochBoard(d, first_epoch=start + 1) for d in point_dirs or [workdir]]
 
     epochs = config.train.epochs
     final_evals = None
@@ -236,8 +287,7 @@ def run(
         if epoch == epochs or epoch % config.eval.every_epochs == 0:
             rows = results.epoch_records(epoch, seeds, train_loss, evals, diverged)
             if distributed.is_writer():
-                workdir_io.append_metrics(workdir, rows)
-                board.write(rows)
+                _log_epoch(workdir, axis, rows, point_dirs, boards)
         if diverged.any():
             logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
         ckpt.save(epoch, _take(states, num))
@@ -249,13 +299,30 @@ def run(
     stop.deferring = False
     bar.close()
     ckpt.close()
-    board.close()
+    for board in boards:
+        board.close()
 
     out = _finish(
-        config, workdir, seeds, states, data, class_weights, fns, data_description, final_evals
+        config, workdir, axis, states, data, class_weights, fns, data_description, final_evals
     )
     out["fns"] = fns
     return out
+
+
+def _log_epoch(workdir, axis: grid.RunAxis, rows, point_dirs, boards) -> None:
+    """An epoch's metrics.jsonl rows (3 per run-axis row) to the workdir, and per grid point to
+    the point's workdir and TensorBoard."""
+    per_row = len(SPLITS)
+    if not axis.is_grid:
+        workdir_io.append_metrics(workdir, rows)
+        boards[0].write(rows)
+        return
+    workdir_io.append_metrics(workdir, grid.with_point_fields(rows, axis, per_row))
+    n = len(axis.seeds) * per_row
+    for i, (point_dir, board) in enumerate(zip(point_dirs, boards, strict=True)):
+        point_dir.mkdir(parents=True, exist_ok=True)
+        workdir_io.append_metrics(point_dir, rows[i * n : (i + 1) * n])
+        board.write(rows[i * n : (i + 1) * n])
 
 
 def _warn(line: str) -> None:
@@ -273,9 +340,10 @@ def _check_writable(workdir: pathlib.Path) -> None:
         raise errors.IOFailure(f"{existing}: not writable (--workdir={workdir})")
 
 
-def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
+def _resume(ckpt, interrupted, like, workdir: pathlib.Path, extra_dirs=()):
     """Where a workdir's run stands: (last complete epoch, its state or None, and the
-    ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way)."""
+    ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way).
+    The metrics.jsonl of ``workdir`` and of ``extra_dirs`` (a grid's points) follow it."""
     had = bool(ckpt.epochs())
     # Process 0 alone moves a corrupt checkpoint aside; the others skip it as it does.
     start, restored = ckpt.restore_latest(like, report=_warn, quarantine=distributed.is_writer())
@@ -287,7 +355,8 @@ def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
         restored, resume = part[1], (part[0], part[2])
     if start or resume is not None:
         if distributed.is_writer():
-            workdir_io.truncate_metrics(workdir, start)
+            for d in (workdir, *extra_dirs):
+                workdir_io.truncate_metrics(d, start)
         where = f"after epoch {start}"
         if resume is not None:
             where += f", in epoch {start + 1} after step {resume[0]}"
@@ -297,7 +366,8 @@ def _resume(ckpt, interrupted, like, workdir: pathlib.Path):
         if had:
             _warn(f"{ckpt.directory}: no intact checkpoint left; training from the start")
         if distributed.is_writer():
-            workdir_io.remove_metrics(workdir)
+            for d in (workdir, *extra_dirs):
+                workdir_io.remove_metrics(d)
     return start, restored, resume
 
 
@@ -328,94 +398,3 @@ def _pad_state(states: TrainState, total: int) -> TrainState:
         return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
 
     return jax.tree_util.tree_map(pad, states)
-
-
-def _evaluate(evaluate, states, data, class_weights, num) -> dict:
-    evals = {split: evaluate(states, data[split], class_weights) for split in SPLITS}
-    return jax.tree_util.tree_map(lambda x: x[:num], _host(evals))
-
-
-def _write_final(workdir, variant, seeds, evals, diverged) -> dict:
-    """final_stats{suffix}.npz and results{suffix}.csv from final evaluation sums; the table."""
-    confusion = np.stack([np.asarray(evals[s]["confusion"], np.int64) for s in SPLITS], axis=1)
-    cls_confusion = np.stack(
-        [np.asarray(evals[s]["cls_confusion"], np.int64) for s in SPLITS], axis=1
-    )
-    hists = np.stack([np.asarray(evals[s]["histograms"], np.int64) for s in SPLITS], axis=1)
-    workdir_io.write_final_stats(
-        workdir, seeds, confusion, cls_confusion, hists[:, :, 0], hists[:, :, 1], variant
-    )
-    table = results.final_table(seeds, confusion, cls_confusion, diverged)
-    workdir_io.write_results_csv(workdir, seeds, table, variant)
-    return table
-
-
-def _finish(
-    config, workdir, seeds, states, data, class_weights, fns, data_description, evals=None
-) -> dict:
-    """Final result files; ``evals`` = the final evaluation if the last epoch already ran it."""
-    num = len(seeds)
-    diverged = _host(states.diverged)[:num]
-    if evals is None:  # a finished workdir re-run: evaluate the restored state
-        evals = _evaluate(fns.evaluate_final, states, data, class_weights, num)
-    evals_ns = None
-    if fns.evaluate_final_no_smoothing is not None:
-        evals_ns = _evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
-    states = _host(states)  # every collective before process 0 alone writes
-    if not distributed.is_writer():
-        return {"seeds": seeds, "diverged": diverged, "table": None, "summary": ""}
-    table = _write_final(workdir, "default", seeds, evals, diverged)
-    summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
-    if evals_ns is not None:
-        table_ns = _write_final(workdir, "no_smoothing", seeds, evals_ns, diverged)
-        summary += "\n" + results.summary_markdown(
-            f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
-            seeds,
-            table_ns,
-            diverged,
-            data_description,
-        )
-    workdir_io.write_summary(workdir, summary)
-    _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
-    device = jax.devices()[0]
-    workdir_io.write_run_info(
-        workdir,
-        seeds=seeds,
-        diverged=[s for s, d in zip(seeds, diverged, strict=True) if d],
-        epochs_completed=config.train.epochs,
-        num_epochs=config.train.epochs,
-        data=data_description,
-        device=f"{device.platform}:{device.device_kind}",
-    )
-    return {"seeds": seeds, "diverged": diverged, "table": table, "summary": summary}
-
-
-def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) -> None:
-    """Test slices with the liver score of the best / median / worst seed by validation MCC."""
-    val_mcc = np.where(diverged, np.nan, table["val"]["mcc"])
-    finite = np.flatnonzero(np.isfinite(val_mcc))
-    if finite.size == 0:
-        return
-    order = finite[np.argsort(val_mcc[finite], kind="stable")]
-    picks = [order[-1], order[len(order) // 2], order[0]]
-    test = jax.tree_util.tree_map(np.asarray, data["test"])
-    valid = np.flatnonzero(test["valid"])
-    liver = [i for i in valid if test["labels"][i] == 1]
-    background = [i for i in valid if test["labels"][i] == 0]
-    half = config.eval.num_examples // 2
-    chosen = np.asarray(
-        (liver[:half] + background[: config.eval.num_examples - half])[: config.eval.num_examples]
-    )
-    images = dataset.decode_images(test["images"][chosen])
-    scores = []
-    for row in picks:
-        state = jax.tree_util.tree_map(lambda x, r=row: x[r], states)
-        scores.append(np.asarray(fns.predict(state, jnp.asarray(images)), np.float16))
-    workdir_io.write_examples(
-        workdir,
-        images=images,
-        masks=test["masks"][chosen],
-        seeds=[seeds[r] for r in picks],
-        scores=np.stack(scores),
-        threshold=methods.of(config).threshold(config),
-    )

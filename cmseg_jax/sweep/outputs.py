@@ -1,0 +1,170 @@
+"""The sweep's final result files: evaluations of the finished states, results.csv,
+final_stats.npz, summary.md, examples.npz and run.json; for a grid, per point and together."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmseg_jax import config_base, distributed, methods, results
+from cmseg_jax import workdir as workdir_io
+from cmseg_jax.data import dataset
+
+SPLITS = dataset.SPLITS
+
+
+def _host(tree):
+    return distributed.to_host(tree)
+
+
+def evaluate(fn, states, data, class_weights, num) -> dict:
+    """``fn`` of the seed-stacked states on every split, the first ``num`` rows on the host."""
+    evals = {split: fn(states, data[split], class_weights) for split in SPLITS}
+    return jax.tree_util.tree_map(lambda x: x[:num], _host(evals))
+
+
+def _write_final(workdir, variant, seeds, evals, diverged) -> dict:
+    """final_stats{suffix}.npz and results{suffix}.csv from final evaluation sums; the table."""
+    confusion = np.stack([np.asarray(evals[s]["confusion"], np.int64) for s in SPLITS], axis=1)
+    cls_confusion = np.stack(
+        [np.asarray(evals[s]["cls_confusion"], np.int64) for s in SPLITS], axis=1
+    )
+    hists = np.stack([np.asarray(evals[s]["histograms"], np.int64) for s in SPLITS], axis=1)
+    workdir_io.write_final_stats(
+        workdir, seeds, confusion, cls_confusion, hists[:, :, 0], hists[:, :, 1], variant
+    )
+    table = results.final_table(seeds, confusion, cls_confusion, diverged)
+    workdir_io.write_results_csv(workdir, seeds, table, variant)
+    return table
+
+
+def finish(
+    config, workdir, axis, states, data, class_weights, fns, data_description, evals=None
+) -> dict:
+    """Final result files; ``evals`` = the final evaluation if the last epoch already ran it."""
+    seeds = axis.run_seeds
+    num = len(seeds)
+    diverged = _host(states.diverged)[:num]
+    if evals is None:  # a finished workdir re-run: evaluate the restored state
+        evals = evaluate(fns.evaluate_final, states, data, class_weights, num)
+    evals_ns = None
+    if fns.evaluate_final_no_smoothing is not None:
+        evals_ns = evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
+    states = _host(states)  # every collective before process 0 alone writes
+    if not distributed.is_writer():
+        return {"seeds": seeds, "diverged": diverged, "table": None, "summary": "", "grid_rows": []}
+    if axis.is_grid:
+        return _finish_grid(
+            config, workdir, axis, states, data, fns, data_description, evals, evals_ns, diverged
+        )
+    return _write_outputs(
+        config, workdir, seeds, states, data, fns, data_description, evals, evals_ns, diverged
+    )
+
+
+def _finish_grid(
+    config, workdir, axis, states, data, fns, data_description, evals, evals_ns, diverged
+) -> dict:
+    """Each grid point's own workdir, then grid_results.csv and summary.md of the program."""
+    outs, grid_rows = [], []
+    for i in range(len(axis.points)):
+        rows = axis.rows(i)
+
+        def part(tree, rows=rows):
+            return None if tree is None else jax.tree_util.tree_map(lambda x: x[rows], tree)
+
+        # The point's own workdir: what a sweep of the point's config alone would write.
+        point_config = config_base.at_point(config, axis.points[i])
+        point_dir = axis.point_dir(i)
+        workdir_io.write_config(point_dir, point_config, axis.seeds)
+        out = _write_outputs(
+            point_config,
+            point_dir,
+            list(axis.seeds),
+            part(states),
+            data,
+            fns,
+            data_description,
+            part(evals),
+            part(evals_ns),
+            diverged[rows],
+        )
+        outs.append(f"## {config_base.point_name(axis.point(i))}\n\n{out['summary']}")
+        grid_rows.append((axis.point(i), axis.seeds, out["table"]))
+    summary = "\n".join(outs)
+    workdir_io.write_grid_results(workdir, list(axis.point(0)), grid_rows)
+    workdir_io.write_summary(workdir, summary)
+    return {
+        "seeds": axis.run_seeds,
+        "diverged": diverged,
+        "summary": summary,
+        "grid_rows": grid_rows,
+    }
+
+
+def _write_outputs(
+    config, workdir, seeds, states, data, fns, data_description, evals, evals_ns, diverged
+) -> dict:
+    """results.csv, final_stats.npz, summary.md, examples.npz and run.json of host results."""
+    table = _write_final(workdir, "default", seeds, evals, diverged)
+    summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
+    if evals_ns is not None:
+        table_ns = _write_final(workdir, "no_smoothing", seeds, evals_ns, diverged)
+        summary += "\n" + results.summary_markdown(
+            f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
+            seeds,
+            table_ns,
+            diverged,
+            data_description,
+        )
+    workdir_io.write_summary(workdir, summary)
+    _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
+    device = jax.devices()[0]
+    workdir_io.write_run_info(
+        workdir,
+        seeds=seeds,
+        diverged=[s for s, d in zip(seeds, diverged, strict=True) if d],
+        epochs_completed=config.train.epochs,
+        num_epochs=config.train.epochs,
+        data=data_description,
+        device=f"{device.platform}:{device.device_kind}",
+    )
+    return {
+        "seeds": seeds,
+        "diverged": diverged,
+        "table": table,
+        "summary": summary,
+        "grid_rows": [],
+    }
+
+
+def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) -> None:
+    """Test slices with the liver score of the best / median / worst seed by validation MCC."""
+    val_mcc = np.where(diverged, np.nan, table["val"]["mcc"])
+    finite = np.flatnonzero(np.isfinite(val_mcc))
+    if finite.size == 0:
+        return
+    order = finite[np.argsort(val_mcc[finite], kind="stable")]
+    picks = [order[-1], order[len(order) // 2], order[0]]
+    test = jax.tree_util.tree_map(np.asarray, data["test"])
+    valid = np.flatnonzero(test["valid"])
+    liver = [i for i in valid if test["labels"][i] == 1]
+    background = [i for i in valid if test["labels"][i] == 0]
+    half = config.eval.num_examples // 2
+    chosen = np.asarray(
+        (liver[:half] + background[: config.eval.num_examples - half])[: config.eval.num_examples]
+    )
+    images = dataset.decode_images(test["images"][chosen])
+    scores = []
+    for row in picks:
+        state = jax.tree_util.tree_map(lambda x, r=row: x[r], states)
+        scores.append(np.asarray(fns.predict(state, jnp.asarray(images)), np.float16))
+    workdir_io.write_examples(
+        workdir,
+        images=images,
+        masks=test["masks"][chosen],
+        seeds=[seeds[r] for r in picks],
+        scores=np.stack(scores),
+        threshold=methods.of(config).threshold(config),
+    )
