@@ -31,9 +31,6 @@ runs it). The sweep in ``--workdir`` is trained first if it holds no checkpoint
 ``hu_window``
     The phantom's realism check: the best single HU window classifier of liver voxels (MCC),
     pooled over volumes and inside the body (``tests/test_phantom.py``'s ``best_window_mcc``).
-``anatomy_change``
-    The shortcut classifiers again on slices re-rendered with :func:`equalise_body_wall` (ribs
-    below the liver), which removes the phantom-only part of the body-wall cue.
 """
 
 from __future__ import annotations
@@ -89,11 +86,10 @@ def _to_grid(slices: np.ndarray, size: int) -> np.ndarray:
     return ndimage.zoom(view, zoom, order=0, mode="nearest", grid_mode=True)
 
 
-def phantom_volume(config, volume_id: int, transform=None):
+def phantom_volume(config, volume_id: int):
     """(hu, labels, tissue, spacing) of phantom volume ``volume_id`` in canonical RAS+ order.
 
-    Regenerated from ``(data.phantom_seed, volume_id)`` exactly as the dataset's files were;
-    ``transform(hu, tissue, spacing)`` may re-render it (:func:`equalise_body_wall`).
+    Regenerated from ``(data.phantom_seed, volume_id)`` exactly as the dataset's files were.
     """
     d = config.data
     rng = np.random.default_rng([d.phantom_seed, int(volume_id)])
@@ -102,19 +98,16 @@ def phantom_volume(config, volume_id: int, transform=None):
     )
     hu, labels, tissue = (np.ascontiguousarray(a[::-1, ::-1]) for a in (hu, labels, tissue))
     spacing = tuple(float(s) for s in np.abs(np.diag(affine)[:3]))
-    if transform is not None:
-        hu, tissue = transform(hu, tissue, spacing)
     return hu, labels, tissue, spacing
 
 
-def load_slices(config, transform=None) -> dict[str, np.ndarray]:
+def load_slices(config) -> dict[str, np.ndarray]:
     """Every sampled slice of the config's phantom (all splits), with ground truth.
 
     Returns:
       {"images" (N, S, S) float32 model input, "masks" (N, S, S) uint8, "labels" (N,),
        "volume_ids" (N,), "z" (N,) relative height in the volume, "split" (N,) str,
        "tissue" (N, S, S) uint8 phantom tissue ids, "pixel_mm" (N,) pixel side at the grid}.
-      With ``transform`` the images are re-rendered from the transformed volumes.
     """
     if config.data.source != "phantom":
         raise ValueError(f"data.source={config.data.source!r}: the probe needs the phantom")
@@ -127,11 +120,11 @@ def load_slices(config, transform=None) -> dict[str, np.ndarray]:
         for vid in np.unique(s.volume_ids):
             rows = np.nonzero(s.volume_ids == vid)[0]
             z = s.slice_index[rows]
-            hu, _, tissue, spacing = phantom_volume(config, vid, transform)
+            hu, _, tissue, spacing = phantom_volume(config, vid)
             images = lits.images_to_model(
                 np.moveaxis(hu[:, :, z], 2, 0), size, config.data.hu_window
             )
-            if transform is None and not np.allclose(images, s.images[rows], atol=1e-3):
+            if not np.allclose(images, s.images[rows], atol=1e-3):
                 raise RuntimeError(
                     f"phantom volume {vid}: regenerated slices differ from the cache"
                 )
@@ -283,41 +276,6 @@ def shortcut_report(slices: dict, hu_window) -> dict:
     }
 
 
-def equalise_body_wall(
-    hu: np.ndarray, tissue: np.ndarray, spacing
-) -> tuple[np.ndarray, np.ndarray]:
-    """Re-renders a phantom volume with its rib cage continued down to the bottom slice.
-
-    The phantom's ribs start at ``w_floor`` near the liver's lower edge, so below the liver the
-    body wall holds no bone at all. This prototype copies, for every slice below the lowest rib,
-    the rib pixels of the lowest slice that has ribs (columns whose body wall lies at the same
-    depth), giving bone in the wall of every slice. It only edits HU where the copied rib falls
-    on wall tissue (fat or muscle), leaving the rest untouched.
-
-    Args:
-      hu: (X, Y, Z) HU, canonical. tissue: (X, Y, Z) tissue ids. spacing: voxel size, mm.
-
-    Returns:
-      (hu, tissue) re-rendered.
-    """
-    del spacing
-    ribs = np.isin(tissue, (phantom.RIB, phantom.CARTILAGE))
-    has = np.nonzero(ribs.any(axis=(0, 1)))[0]
-    if len(has) == 0:
-        return hu, tissue
-    hu, tissue = hu.copy(), tissue.copy()
-    lowest = int(has.min())
-    # A vertical period of rib slices above ``lowest`` is repeated downwards.
-    period = max(1, min(len(has), int(round(len(has) / 3))))
-    wall = (phantom.FAT_SUBCUT, phantom.MUSCLE, phantom.FAT_VISC, phantom.SKIN)
-    for k in range(lowest - 1, -1, -1):
-        src = lowest + (lowest - 1 - k) % period
-        m = ribs[:, :, src] & np.isin(tissue[:, :, k], wall)
-        tissue[:, :, k][m] = tissue[:, :, src][m]
-        hu[:, :, k][m] = hu[:, :, src][m]
-    return hu, tissue
-
-
 # ----------------------------------------------------------------------------------------------
 # 2. Where the maxima fall; 3. the checkerboard.
 
@@ -342,12 +300,15 @@ def argmax_fractions(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
     return np.bincount(hit, minlength=len(REGIONS)) / max(1, len(maps))
 
 
+_TISSUES = (
+    "AIR SKIN FAT_SUBCUT FAT_VISC MUSCLE BONE_CORTEX BONE_MARROW DISC CSF RIB CARTILAGE LIVER "
+    "LIVER_VESSEL SPLEEN KIDNEY_CORTEX KIDNEY_MEDULLA RENAL_SINUS PANCREAS BLOOD MYOCARDIUM LUNG "
+    "GALLBLADDER BOWEL_WALL BOWEL_FLUID GAS FECES STOMACH_CONTENT TABLE"
+).split()
+
+
 def _tissue_names() -> dict[int, str]:
-    names = {
-        v: k.lower()
-        for k, v in vars(phantom).items()
-        if k.isupper() and isinstance(v, int) and 0 <= v < phantom.TUMOUR
-    }
+    names = {getattr(phantom, name): name.lower() for name in _TISSUES}
     names.update({phantom.TUMOUR + i: "tumour" for i in range(2 * phantom.MAX_TUMOURS)})
     return names
 
@@ -389,6 +350,25 @@ def checkerboard(maps: np.ndarray, patch: int) -> dict[str, float]:
         "variance_share_median": float(np.median(e[patch] / np.maximum(var, 1e-30))),
         "neighbour_variance_share_median": float(np.median(near / np.maximum(var, 1e-30))),
     }
+
+
+def map_stats(maps: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """How peaked each class map (N, S, S, K) is and how much of the image is called liver.
+
+    ``*_peak_over_median``: mean over images of (max - median) of the map, in logits: how far
+    the pooled maximum stands above the bulk of the map. ``*_peak_width``: mean share of the
+    image within 1 logit of the map's maximum. ``pooled_margin``: mean of pooled liver minus
+    pooled background (the classifier's logit).
+    """
+    out = {"predicted_liver_pixel_share": float(pred.mean()) if pred.size else float("nan")}
+    for name, k in (("liver", LIVER), ("background", 1 - LIVER)):
+        m = maps[..., k].reshape(len(maps), -1)
+        peak = m.max(axis=1)
+        out[f"{name}_peak_over_median"] = float(np.mean(peak - np.median(m, axis=1)))
+        out[f"{name}_peak_width"] = float(np.mean(m >= peak[:, None] - 1.0))
+    pooled = maps.max(axis=(1, 2))
+    out["pooled_margin"] = float(np.mean(pooled[:, LIVER] - pooled[:, 1 - LIVER]))
+    return out
 
 
 def _mcc(tp, fp, fn, tn) -> float:
@@ -454,6 +434,7 @@ def maxima_report(sweep_, slices: dict, band_px: int, split: str = "test") -> di
             entry[which]["background_map_argmax_tissue"] = argmax_tissues(
                 maps[subset][..., 1 - LIVER], tissue[subset]
             )
+            entry[which]["stats"] = map_stats(maps[subset], pred[subset])
         counts = np.bincount(regions[pred], minlength=len(REGIONS))
         entry["predicted_liver_pixels"] = dict(
             zip(REGIONS, (counts / max(1, counts.sum())).tolist(), strict=True)
@@ -538,7 +519,6 @@ def probe(config, workdir, num_seeds: int, window_volumes: int) -> dict:
     size = int(config.data.image_size)
     slices = load_slices(config)
     band_px = max(1, round(2 * size / 128))
-    changed = load_slices(config, transform=equalise_body_wall)
     sigma, taps = config_base.smoothing(config)
     return {
         "config": {
@@ -562,7 +542,6 @@ def probe(config, workdir, num_seeds: int, window_volumes: int) -> dict:
         "train_seconds": trained_s,
         "shortcut": shortcut_report(slices, config.data.hu_window),
         "maxima": maxima_report(loaded, slices, band_px),
-        "anatomy_change": shortcut_report(changed, config.data.hu_window),
         "hu_window": hu_window_report(config, window_volumes),
         "device": f"{jax.devices()[0].platform} ({jax.device_count()} device(s))",
         "seconds": time.time() - t0,
