@@ -2,11 +2,12 @@
 
     python benchmarks/cam_beta_probe.py --config 'configs/cam_beta.py:cpu,train.epochs=15' \\
         --workdir /tmp/cam_beta_cpu --num_seeds 2 --out docs/reproduction/cam_beta/base.json
-    python benchmarks/cam_beta_probe.py --quick --workdir /tmp/q --out /tmp/q.json
+    python benchmarks/cam_beta_probe.py --quick --out /tmp/q.json
 
-``--quick`` is ``configs/cam_beta.py:tiny`` with one seed trained for one epoch (seconds; the test
-runs it). The sweep in ``--workdir`` is trained first if it holds no checkpoint
-(:func:`cmseg_jax.sweep.run`), then restored (:func:`cmseg_jax.predict.load_sweep`). The JSON has:
+``--quick`` is ``configs/cam_beta.py:tiny`` with one seed at its initial weights, in memory (the
+test runs it: the pipeline, not the finding). Otherwise the sweep in ``--workdir`` is trained
+first if it holds no checkpoint (:func:`cmseg_jax.sweep.run`), then restored
+(:func:`cmseg_jax.predict.load_sweep`). The JSON has:
 
 ``shortcut``
     Can liver and liver-free slices be told apart without looking at the liver? Features of each
@@ -59,7 +60,9 @@ from cmseg_jax.models.heads import LIVER
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-QUICK_CONFIG = "configs/cam_beta.py:tiny,train.epochs=1"
+# Untrained weights: compiling a training step alone takes longer than the rest of the probe on a
+# 2-core CPU, and the quick mode checks the pipeline, not the finding.
+QUICK_CONFIG = "configs/cam_beta.py:tiny,train.epochs=0"
 REGIONS = ("liver", "border", "body", "outside")
 BODY_HU = -500.0
 BONE_HU = 300.0
@@ -149,22 +152,23 @@ def body_masks(tissue: np.ndarray) -> np.ndarray:
 def image_body_masks(images: np.ndarray, hu_window) -> np.ndarray:
     """(N, S, S) bool body from the image alone: HU > -500, the table removed, holes filled.
 
-    The table touches the body at coarse grids, so an opening (radius 2 px) cuts its thin plate
-    off before the largest connected component is taken; the body is then restored to the
-    unopened mask within that component's reach.
+    The table touches the body at coarse grids, so an opening (radius 2 px at 128², scaled with
+    the image) cuts its thin plate off before the largest connected component is taken; the body
+    is then restored to the unopened mask within that component's reach.
     """
     threshold = lits.hu_to_unit(BODY_HU, hu_window)
     disc = ndimage.generate_binary_structure(2, 1)
+    radius = max(1, round(2 * images.shape[-1] / 128))
     out = []
     for image in images:
         raw = image > threshold
-        opened = ndimage.binary_opening(raw, disc, iterations=2)
+        opened = ndimage.binary_opening(raw, disc, iterations=radius)
         lab, n = ndimage.label(opened if opened.any() else raw)
         if n == 0:
             out.append(np.zeros_like(raw))
             continue
         big = lab == 1 + int(np.argmax(ndimage.sum(np.ones_like(raw), lab, range(1, n + 1))))
-        body = raw & ndimage.binary_dilation(big, disc, iterations=2)
+        body = raw & ndimage.binary_dilation(big, disc, iterations=radius)
         out.append(ndimage.binary_fill_holes(body))
     return np.stack(out)
 
@@ -507,14 +511,53 @@ def _holds_checkpoint(workdir: pathlib.Path) -> bool:
     return (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
 
 
+def quick_sweep(config, seeds) -> predict.Sweep:
+    """``seeds`` of ``config`` trained in memory (no evaluation, no checkpoints) as a Sweep.
+
+    The same per-seed training function as the sweep's (:func:`cmseg_jax.train.make_train`), run
+    one seed after another; for the quick mode, where the sweep's evaluation passes and
+    checkpoints would cost more than the training.
+    """
+    config = config_base.resolve(config)
+    splits, _ = dataset.load_dataset(config)
+    trainer = train.make_train(config, num_train=len(splits["train"].labels))
+    split = jax.tree_util.tree_map(jnp.asarray, dataset.device_layout(splits["train"]))
+    weights = jnp.asarray(dataset.class_weights(splits["train"].masks, config.model.num_classes))
+    epoch_fn = jax.jit(trainer.train_epoch)
+    states = []
+    for seed in seeds:
+        state = trainer.init(train.seed_key(config.root_seed, seed))
+        for epoch in range(1, config.train.epochs + 1):
+            state, _ = epoch_fn(state, split, weights, jnp.int32(epoch))
+        states.append(state)
+    stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states)
+    return predict.Sweep(
+        workdir=None,
+        config=config,
+        seeds=tuple(seeds),
+        epoch=int(config.train.epochs),
+        model=trainer.model,
+        method=trainer.method,
+        states=stacked,
+        diverged=np.asarray(stacked.diverged, bool),
+    )
+
+
 def probe(config, workdir, num_seeds: int, window_volumes: int) -> dict:
-    """Trains the sweep in ``workdir`` if needed, then runs every part of the probe."""
-    workdir = pathlib.Path(workdir)
+    """Trains the sweep in ``workdir`` if needed, then runs every part of the probe.
+
+    With ``workdir`` None the seeds are trained in memory (:func:`quick_sweep`).
+    """
     t0 = time.time()
-    if not _holds_checkpoint(workdir):
-        sweep.run(config, workdir, list(range(num_seeds)), progress=False)
+    seeds = list(range(num_seeds))
+    if workdir is None:
+        loaded = quick_sweep(config, seeds)
+    else:
+        workdir = pathlib.Path(workdir)
+        if not _holds_checkpoint(workdir):
+            sweep.run(config, workdir, seeds, progress=False)
+        loaded = predict.load_sweep(workdir)
     trained_s = time.time() - t0
-    loaded = predict.load_sweep(workdir)
     config = loaded.config
     size = int(config.data.image_size)
     slices = load_slices(config)
@@ -536,7 +579,7 @@ def probe(config, workdir, num_seeds: int, window_volumes: int) -> dict:
             "phantom_shape": list(config.data.phantom_shape),
             "phantom_volumes": int(config.data.phantom_volumes),
         },
-        "workdir": str(workdir),
+        "workdir": None if workdir is None else str(workdir),
         "seeds": list(loaded.seeds),
         "epoch": loaded.epoch,
         "train_seconds": trained_s,
@@ -551,17 +594,22 @@ def probe(config, workdir, num_seeds: int, window_volumes: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/cam_beta.py:cpu,train.epochs=15")
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workdir", help="the sweep to probe (trained there if missing)")
     parser.add_argument("--num_seeds", type=int, default=2)
     parser.add_argument("--window_volumes", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_CONFIG}, one seed")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_CONFIG}, one untrained seed in memory"
+    )
     parser.add_argument("--out", default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
+    if not args.quick and not args.workdir:
+        parser.error("--workdir is required (or --quick)")
     spec = QUICK_CONFIG if args.quick else args.config
     num_seeds = 1 if args.quick else args.num_seeds
     config = config_base.load_config_file(spec, ROOT)
     config.eval.without_smoothing = False  # the probe looks at the maps itself
-    result = probe(config, args.workdir, num_seeds, 2 if args.quick else args.window_volumes)
+    workdir = None if args.quick else args.workdir
+    result = probe(config, workdir, num_seeds, 2 if args.quick else args.window_volumes)
     result["config_spec"] = spec
     text = json.dumps(result, indent=1)
     if args.out:

@@ -57,7 +57,7 @@ def test_outline_shortcut_on_planted_features():
 
 def test_quick_mode_end_to_end(tmp_path):
     out = tmp_path / "probe.json"
-    assert probe.main(["--quick", "--workdir", str(tmp_path / "sweep"), "--out", str(out)]) == 0
+    assert probe.main(["--quick", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["config"]["image_size"] == 32 and r["seeds"] == [0]
 
@@ -86,7 +86,7 @@ def test_quick_mode_end_to_end(tmp_path):
             assert all(np.isfinite(v) and v >= 0 for v in seed[key].values())
     for report in (r["shortcut"],):
         assert report["slices"] > 0 and 0.0 < report["liver_fraction"] < 1.0
-        assert 0.9 <= report["body_mask_iou_image_vs_phantom"] <= 1.0
+        assert 0.85 <= report["body_mask_iou_image_vs_phantom"] <= 1.0
         for scores in report["mcc"].values():
             assert all(-1.0 <= v <= 1.0 for v in scores.values())
     w = r["hu_window"]
