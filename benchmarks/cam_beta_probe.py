@@ -22,8 +22,9 @@ first if it holds no checkpoint (:func:`cmseg_jax.sweep.run`), then restored
     lies -- inside the liver, in the band of ``band_px`` pixels either side of the body outline,
     inside the body elsewhere, or outside the body (air, table) -- as fractions summing to 1,
     beside the fractions of the image's pixels in each region (chance); the phantom tissue under
-    the argmax; where the predicted liver pixels (score >= 0.5) lie; the mean liver score per
-    region; and the segmentation and classification MCC.
+    the argmax; the distance from the liver map's argmax to the liver on liver slices (median,
+    share within one patch); where the predicted liver pixels (score >= 0.5) lie; the mean liver
+    score per region; and the segmentation and classification MCC.
 ``checkerboard``
     Periodicity of the liver logit map at the patch size: the variance of the map folded onto a
     p × p tile (the least-squares p-periodic component) for p = patch and its neighbours, as a
@@ -329,6 +330,19 @@ def argmax_tissues(maps: np.ndarray, tissue: np.ndarray) -> dict[str, float]:
     return {k: v / len(maps) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
+def argmax_distance(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(N,) distance in pixels from each map's (N, S, S) argmax to the nearest liver pixel.
+
+    0 inside the liver; images without liver give inf.
+    """
+    flat = maps.reshape(len(maps), -1).argmax(axis=1)
+    out = np.full(len(maps), np.inf)
+    for i, (idx, liver) in enumerate(zip(flat, masks.astype(bool), strict=True)):
+        if liver.any():
+            out[i] = ndimage.distance_transform_edt(~liver).ravel()[idx]
+    return out
+
+
 def periodic_energy(maps: np.ndarray, period: int) -> np.ndarray:
     """(N,) variance of each map (N, S, S) folded onto a period × period tile.
 
@@ -439,6 +453,11 @@ def maxima_report(sweep_, slices: dict, band_px: int, split: str = "test") -> di
                 maps[subset][..., 1 - LIVER], tissue[subset]
             )
             entry[which]["stats"] = map_stats(maps[subset], pred[subset])
+        dist = argmax_distance(maps[labels == 1][..., LIVER], masks[labels == 1])
+        entry["liver_argmax_to_liver_px"] = {
+            "median": float(np.median(dist)) if len(dist) else float("nan"),
+            "within_patch": float(np.mean(dist <= patch)) if len(dist) else float("nan"),
+        }
         counts = np.bincount(regions[pred], minlength=len(REGIONS))
         entry["predicted_liver_pixels"] = dict(
             zip(REGIONS, (counts / max(1, counts.sum())).tolist(), strict=True)

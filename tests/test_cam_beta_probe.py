@@ -44,6 +44,8 @@ def test_regions_and_argmax_fractions():
     np.testing.assert_allclose(
         probe.argmax_fractions(maps, np.repeat(regions, 4, axis=0)), [0.25] * 4
     )
+    dist = probe.argmax_distance(maps, np.repeat(liver, 4, axis=0))
+    np.testing.assert_allclose(dist, [0.0, 12.0, 6.0, np.hypot(16, 12) - 3], atol=0.5)
 
 
 def test_outline_shortcut_on_planted_features():
@@ -79,6 +81,8 @@ def test_quick_mode_end_to_end(tmp_path):
                 if key.endswith("argmax"):
                     assert set(value) == set(probe.REGIONS)
         assert is_distribution(seed["predicted_liver_pixels"], allow_empty=True)
+        assert seed["liver_argmax_to_liver_px"]["median"] >= 0
+        assert 0.0 <= seed["liver_argmax_to_liver_px"]["within_patch"] <= 1.0
         assert 0.0 <= seed["predicted_liver_pixel_share"] <= 1.0
         assert all(0.0 <= v <= 1.0 for v in seed["mean_liver_score"].values() if v == v)
         assert -1.0 <= seed["test_mcc"] <= 1.0 and -1.0 <= seed["test_cls_mcc"] <= 1.0
