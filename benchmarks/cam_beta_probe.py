@@ -56,7 +56,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from cmseg_jax import config_base, predict, sweep, train
-from cmseg_jax.data import dataset, lits, phantom
+from cmseg_jax.data import dataset, phantom, preprocess
+from cmseg_jax.data.phantom import tissues
 from cmseg_jax.models.heads import LIVER
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ WALL_MM = 25.0  # depth of the body wall band whose bone is counted (ribs sit 10
 def _to_grid(slices: np.ndarray, size: int) -> np.ndarray:
     """(n, X, Y) canonical integer slices -> (n, size, size) in the model's view, nearest.
 
-    The same display flip and square padding as :func:`cmseg_jax.data.lits.images_to_model`.
+    The same display flip and square padding as :func:`cmseg_jax.data.preprocess.images_to_model`.
     """
     view = np.flip(slices, (1, 2)).transpose(0, 2, 1)
     n, h, w = view.shape
@@ -125,7 +126,7 @@ def load_slices(config) -> dict[str, np.ndarray]:
             rows = np.nonzero(s.volume_ids == vid)[0]
             z = s.slice_index[rows]
             hu, _, tissue, spacing = phantom_volume(config, vid)
-            images = lits.images_to_model(
+            images = preprocess.images_to_model(
                 np.moveaxis(hu[:, :, z], 2, 0), size, config.data.hu_window
             )
             if not np.allclose(images, s.images[rows], atol=1e-3):
@@ -146,7 +147,7 @@ def load_slices(config) -> dict[str, np.ndarray]:
 
 def body_masks(tissue: np.ndarray) -> np.ndarray:
     """(N, S, S) bool filled body outline: not air, not the table, holes (lungs, gas) filled."""
-    inside = (tissue != phantom.AIR) & (tissue != phantom.TABLE)
+    inside = (tissue != tissues.AIR) & (tissue != tissues.TABLE)
     return np.stack([ndimage.binary_fill_holes(m) for m in inside])
 
 
@@ -157,7 +158,7 @@ def image_body_masks(images: np.ndarray, hu_window) -> np.ndarray:
     the image) cuts its thin plate off before the largest connected component is taken; the body
     is then restored to the unopened mask within that component's reach.
     """
-    threshold = lits.hu_to_unit(BODY_HU, hu_window)
+    threshold = preprocess.hu_to_unit(BODY_HU, hu_window)
     disc = ndimage.generate_binary_structure(2, 1)
     radius = max(1, round(2 * images.shape[-1] / 128))
     out = []
@@ -202,13 +203,13 @@ def outline_features(body: np.ndarray) -> np.ndarray:
 
 def internal_air(images: np.ndarray, body: np.ndarray, hu_window) -> np.ndarray:
     """(N, 1) pixels below -500 HU inside the filled body (lung bases, bowel gas)."""
-    low = images <= lits.hu_to_unit(BODY_HU, hu_window)
+    low = images <= preprocess.hu_to_unit(BODY_HU, hu_window)
     return (low & body).sum(axis=(1, 2))[:, None].astype(np.float64)
 
 
 def wall_bone(images: np.ndarray, body: np.ndarray, pixel_mm: np.ndarray, hu_window) -> np.ndarray:
     """(N, 1) pixels above 300 HU in the body wall (within 25 mm of the outline): ribs."""
-    bone = images > lits.hu_to_unit(BONE_HU, hu_window)
+    bone = images > preprocess.hu_to_unit(BONE_HU, hu_window)
     out = []
     for b, m, px in zip(bone, body, pixel_mm, strict=True):
         depth = ndimage.distance_transform_edt(m)
@@ -313,8 +314,8 @@ _TISSUES = (
 
 
 def _tissue_names() -> dict[int, str]:
-    names = {getattr(phantom, name): name.lower() for name in _TISSUES}
-    names.update({phantom.TUMOUR + i: "tumour" for i in range(2 * phantom.MAX_TUMOURS)})
+    names = {getattr(tissues, name): name.lower() for name in _TISSUES}
+    names.update({tissues.TUMOUR + i: "tumour" for i in range(2 * tissues.MAX_TUMOURS)})
     return names
 
 
@@ -507,7 +508,7 @@ def hu_window_report(config, volumes: int) -> dict:
         hu, labels, tissue, _ = phantom_volume(config, vid)
         hus.append(hu)
         livers.append(labels > 0)
-        inside.append(tissue != phantom.AIR)
+        inside.append(tissue != tissues.AIR)
     mcc, lo, hi = best_window_mcc(hus, livers)
     mcc_body, lo_b, hi_b = best_window_mcc(
         [h[m] for h, m in zip(hus, inside, strict=True)],

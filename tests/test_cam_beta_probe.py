@@ -101,10 +101,12 @@ def test_quick_mode_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("size", [32, 128])
 def test_to_grid_matches_the_mask_pipeline(size):
-    from cmseg_jax.data import lits
+    from cmseg_jax.data import preprocess
 
     rng = np.random.default_rng(2)
     labels = (rng.random((2, 64, 64)) > 0.5).astype(np.uint8)
     if size == 32:
         labels = np.kron(labels[:, ::2, ::2], np.ones((2, 2), np.uint8))
-    np.testing.assert_array_equal(probe._to_grid(labels, size), lits.masks_to_model(labels, size))
+    np.testing.assert_array_equal(
+        probe._to_grid(labels, size), preprocess.masks_to_model(labels, size)
+    )
