@@ -454,13 +454,19 @@ def plan_layout(
     return Plan(layout, mode, padded, program, data_bytes, budget, source)
 
 
-def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
+def dry_run(
+    config: ml_collections.ConfigDict,
+    num_seeds: int,
+    report: Callable[[dict], None] | None = None,
+) -> dict:
     """Parameter count, FLOPs per seed-step, the seed layout and device memory, without data.
 
     Compiles one seed's step (temporaries per seed-step) and the sweep's own step as
     :func:`plan_layout` lays it out (seed-stacked, chunked and sharded over the visible devices),
     so a shape or sharding error shows here, before any data is read. ``estimated_device_bytes``
     is that program's per-device footprint plus the resident data (:func:`estimated_data_bytes`).
+    ``report`` receives the per-seed figures before the layout is planned (planning raises when
+    one seed does not fit the budget).
     """
     trainer = make_train(config, num_train=config.train.batch_size)
     state = jax.eval_shape(trainer.init, seed_key(0, 0))
@@ -471,13 +477,19 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
     mem = compiled.memory_analysis()
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
     temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-    plan = plan_layout(config, trainer, num_seeds, estimated_data_bytes(config))
-    return {
+    step_cost = cost.step_cost(config, lambda: compiled)
+    info = {
         "params": params,
-        "flops_per_seed_step": cost.train_step_flops(config),
-        "bytes_per_seed_step": cost.train_step_bytes(config),
+        "flops_per_seed_step": step_cost["flops"],
+        "bytes_per_seed_step": step_cost["bytes"],
+        "cost_source": step_cost["source"],
         "state_bytes_per_seed": state_bytes,
         "temp_bytes_per_seed_step": temp,
+    }
+    if report is not None:
+        report(info)
+    plan = plan_layout(config, trainer, num_seeds, estimated_data_bytes(config))
+    return info | {
         "devices": plan.layout.shards,
         "padded_seeds": plan.padded,
         "seeds_per_chunk": plan.chunk,
@@ -816,12 +828,7 @@ def main(argv: Sequence[str]) -> None:
     validate.check_config(config)  # before any compilation, the dry run's included
     enable_compilation_cache(config)
     if _DRY_RUN.value:
-        info = dry_run(config, len(seeds))
-        print(f"params: {info['params']}")
-        print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
-        print(f"bytes_per_seed_step: {info['bytes_per_seed_step']:.4g}")
-        print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
-        print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}")
+        info = dry_run(config, len(seeds), report=_print_seed_step)
         print(f"layout: {info['plan'].describe(len(seeds))}")
         print(
             f"estimated_device_bytes: {info['estimated_device_bytes'] / 2**30:.2f} GiB per device "
@@ -837,6 +844,15 @@ def main(argv: Sequence[str]) -> None:
         out = run(config, _WORKDIR.value, seeds, progress=_PROGRESS.value, stop=stop)
     print(out["summary"])
     print(f"wrote {_WORKDIR.value} in {time.time() - t0:.0f} s")
+
+
+def _print_seed_step(info: dict) -> None:
+    print(f"params: {info['params']}")
+    print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
+    print(f"bytes_per_seed_step: {info['bytes_per_seed_step']:.4g}")
+    print(f"cost_source: {info['cost_source']}")
+    print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
+    print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}", flush=True)
 
 
 def _load_config() -> ml_collections.ConfigDict:

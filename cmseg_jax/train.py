@@ -6,7 +6,8 @@ over seeds, ``lax.map``-ed over seed chunks and (later) sharded over a ``seed`` 
 
 Randomness is derived, never carried: a seed's key ``k = fold_in(PRNGKey(root_seed), seed)`` gives
 ``fold_in(k, 0)`` for initialisation, ``fold_in(fold_in(k, 1), epoch)`` for the epoch's data order
-and ``fold_in(fold_in(fold_in(k, 2), epoch), step)`` for the augmentation of a step. Seed i of an
+and ``fold_in(fold_in(fold_in(k, 2), epoch), step)`` for the augmentation of a step (and that key
+folded with ``DROPOUT`` for the step's dropout masks, FCN-ResNet-50's head). Seed i of an
 N-seed sweep therefore trains exactly as seed i alone, and an epoch can be resumed or split into
 several calls without changing a bit.
 
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,8 +39,11 @@ from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
 from cmseg_jax.models import heads
 from cmseg_jax.models.convmixerseg import ConvMixerSeg
+from cmseg_jax.models.fcn_resnet import FCNResNet50
 
 INIT, DATA_ORDER, AUGMENT = 0, 1, 2
+# fold_in(step's augmentation key, DROPOUT): the step's dropout rng.
+DROPOUT = 1
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -68,9 +73,21 @@ def seed_key(root_seed: int, seed: int) -> jnp.ndarray:
     return jax.random.fold_in(jax.random.PRNGKey(root_seed), seed)
 
 
-def build_model(config: ml_collections.ConfigDict, smoothing: bool | None = None) -> ConvMixerSeg:
-    """The config's network; ``smoothing`` overrides ``model.smoothing`` (it has no parameters)."""
+def build_model(config: ml_collections.ConfigDict, smoothing: bool | None = None) -> nn.Module:
+    """The config's network (``model.arch``); ``smoothing`` overrides ConvMixerSeg's
+    ``model.smoothing`` (it has no parameters)."""
     m = config.model
+    arch = m.get("arch", "convmixerseg")  # a config.json written before the field existed
+    if arch == "fcn_resnet50":
+        return FCNResNet50(
+            num_classes=m.num_classes,
+            width=m.fcn_width,
+            bn_momentum=m.bn_momentum,
+            dtype=jnp.dtype(m.dtype),
+            remat=bool(m.remat),
+        )
+    if arch != "convmixerseg":
+        raise ValueError(f"model.arch must be 'convmixerseg' or 'fcn_resnet50', got {arch!r}")
     smoothing = m.smoothing if smoothing is None else smoothing
     return ConvMixerSeg(
         num_classes=m.num_classes,
@@ -158,7 +175,7 @@ class Trainer:
     predict: Callable
     train: Callable
     steps_per_epoch: int
-    model: ConvMixerSeg
+    model: nn.Module
 
 
 def _all_finite(tree) -> jnp.ndarray:
@@ -211,12 +228,13 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
             diverged=jnp.zeros((), bool),
         )
 
-    def loss_fn(params, batch_stats, images, masks, labels, class_weights):
+    def loss_fn(params, batch_stats, images, masks, labels, class_weights, rng):
         outputs, updates = model.apply(
             {"params": params, "batch_stats": batch_stats},
             images,
             train=True,
             mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(rng, DROPOUT)},
         )
         if method == "full":
             num, den = segmentation_loss(outputs["maps"], masks, class_weights)
@@ -234,7 +252,7 @@ def make_train(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
         if augment:
             images = gamma_augment(rng, images, gamma_low, gamma_high)
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, images, masks, labels, class_weights
+            state.params, state.batch_stats, images, masks, labels, class_weights, rng
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
