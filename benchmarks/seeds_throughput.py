@@ -138,8 +138,7 @@ def render_readme(results_dir: pathlib.Path, readme: pathlib.Path) -> None:
         r = json.loads(path.read_text())
         modes = [
             m
-            for m in ("sweep", "vmap", "loop", "map")
-            + TORCH_RATES
+            for m in ("sweep", "vmap", "loop", "map") + TORCH_RATES
             if any(m in row for row in r["rows"])
         ]
         ratios = [
@@ -163,19 +162,22 @@ def render_readme(results_dir: pathlib.Path, readme: pathlib.Path) -> None:
             ),
             "",
         )
+        source = r.get("cost_source", "analytic (cmseg_jax/cost.py); bytes a floor")
         peak_line = (
             f" Peaks: {peaks['flops'] / 1e9:.0f} GFLOP/s, {peaks['bandwidth'] / 1e9:.1f} GB/s "
             f"({peaks['source']}); {r['flops_per_seed_step'] / 1e9:.2f} GFLOP and "
-            f"{r['min_bytes_per_seed_step'] / 1e9:.2f} GB (minimum) per seed-step "
-            "(`cmseg_jax/cost.py`)."
+            f"{r['min_bytes_per_seed_step'] / 1e9:.2f} GB per seed-step ({source})."
             if peaks
             else ""
         )
+        if r.get("arch", "convmixerseg") == "convmixerseg":
+            model = f"h {r['hidden']}, depth {r['depth']}, depthwise `{r['depthwise_impl']}`"
+        else:
+            model = f"{r['arch']} width {r['fcn_width']}"
         parts.append(
             f"\n### {r['device']} ({r['cpu_count']} host cores), {r['date']}\n\n"
             f"`{r['config']}`: image {r['image_size']}², batch {r['batch_size']}, "
-            f"h {r['hidden']}, depth {r['depth']}, depthwise `{r['depthwise_impl']}`, "
-            f"dtype {r.get('model_dtype', 'float32')}, "
+            f"{model}, dtype {r.get('model_dtype', 'float32')}, "
             f"{r['steps_per_call']} steps per call, jax {r['jax']}. Unit: {r['unit']}."
             f"{peak_line}{torch_line}\n\n"
             "| seeds N | sweep layout | "
@@ -245,24 +247,32 @@ def main() -> None:
     weights = jnp.asarray([1.0, 4.0], jnp.float32)
     trainer = make_train(config, num_train=num_train)
     steps = functools.partial(trainer.train_steps, length=args.steps)
-    one = jax.jit(steps)
     vmapped = jax.jit(over_seeds(steps, 0))
     mapped = jax.jit(over_seeds(steps, 1))
     init = jax.jit(jax.vmap(trainer.init))
     epoch, start = jnp.int32(1), jnp.int32(0)
+    one = jax.jit(steps)
+
+    def one_step():
+        # One step of one seed, for models without an analytic cost (cmseg_jax/cost.py): XLA's
+        # cost analysis counts a loop body once, so it is compiled without the loop of steps.
+        step = jax.jit(functools.partial(trainer.train_steps, length=1))
+        state = jax.eval_shape(trainer.init, seed_key(0, 0))
+        return step.lower(state, split, weights, epoch, start).compile()
 
     device = jax.devices()[0]
     peaks = device_peaks(device, config.model.dtype, args.repeats)
-    flops_step = cost.train_step_flops(config)
-    bytes_step = cost.train_step_bytes(config)
-    print(json.dumps({"peaks": peaks, "flops_per_seed_step": flops_step}), flush=True)
+    step_cost = cost.step_cost(config, one_step)
+    flops_step, bytes_step = step_cost["flops"], step_cost["bytes"]
+    print(json.dumps({"peaks": peaks, "step_cost": step_cost}), flush=True)
     data_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(split))
     rows = []
     for n in args.seeds:
         keys = jnp.stack([seed_key(0, s) for s in range(n)])
         states = init(keys)
         singles = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(n)]
-        plan = plan_layout(config, trainer, n, data_bytes, devices=[device])
+        # The layout only (as the sweep plans it): a fixed chunk is not compiled for its memory.
+        plan = plan_layout(config, trainer, n, data_bytes, devices=[device], measure_fixed=False)
         swept = jax.jit(over_seeds(steps, plan.chunk))
         runs = {
             "sweep": lambda st=states, f=swept: jax.block_until_ready(
@@ -320,6 +330,8 @@ def main() -> None:
         ),
         "image_size": size,
         "batch_size": batch,
+        "arch": config.model.arch,
+        "fcn_width": config.model.fcn_width,
         "hidden": config.model.hidden,
         "depth": config.model.depth,
         "steps_per_call": args.steps,
@@ -328,6 +340,7 @@ def main() -> None:
         "model_dtype": config.model.dtype,
         "flops_per_seed_step": flops_step,
         "min_bytes_per_seed_step": bytes_step,
+        "cost_source": step_cost["source"],
         "peaks": peaks,
         "rows": rows,
     }

@@ -8,8 +8,8 @@ comma-separated list applied left to right; each item is a variant name or ``fie
 Variants (:data:`VARIANTS`):
   ``thesis`` (or nothing) thesis settings: 512×512, h = 256, depth 20, C_t = 100, σ = 7, 50 taps.
   ``cpu``  a CPU-friendly size for the quickstart (128×128, h = 64, depth 4, at most 4 epochs;
-           minutes on 2 cores).
-  ``tiny`` seconds on a CPU, for tests (32×32, h = 8, depth 1).
+           minutes on 2 cores; FCN-ResNet-50 at a quarter of its width, 16).
+  ``tiny`` seconds on a CPU, for tests (32×32, h = 8, depth 1; FCN-ResNet-50 width 8).
 
 Choices the thesis leaves open (stated here so they are visible in every resolved config):
   * batch size 16 for training and evaluation (not given in the thesis). The last incomplete batch
@@ -45,6 +45,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_seeds = 8
 
     config.model = ml_collections.ConfigDict()
+    # convmixerseg | fcn_resnet50 (the thesis' baseline, models/fcn_resnet.py; of the fields
+    # below it uses num_classes, fcn_width, bn_momentum, dtype and remat).
+    config.model.arch = "convmixerseg"
     config.model.num_classes = 2
     config.model.hidden = 256
     config.model.depth = 20
@@ -69,6 +72,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Images per pass of the fused full-resolution decoder block (models/decoder.py): its C_t maps
     # exist for this many images at a time; 0 = plain autodiff of the block.
     config.model.decoder_chunk = 2
+    # FCN-ResNet-50's stem width (64 = torchvision's ResNet-50; stages have 1, 2, 4, 8 × it).
+    config.model.fcn_width = 64
 
     config.cam = ml_collections.ConfigDict()
     config.cam.threshold = 0.5
@@ -148,6 +153,7 @@ VARIANTS: dict[str, dict] = {
         "model.transition": 16,
         "model.remat": False,
         "model.decoder_chunk": 16,  # the whole batch: fastest on a CPU
+        "model.fcn_width": 16,
         "train.batch_size": 16,
         "eval.batch_size": 64,
     },
@@ -160,6 +166,7 @@ VARIANTS: dict[str, dict] = {
         "model.hidden": 8,
         "model.depth": 1,
         "model.transition": 4,
+        "model.fcn_width": 8,
         "model.remat": False,
         "train.epochs": _at_most(2),
         "train.batch_size": 4,

@@ -12,7 +12,8 @@ alone (for inference and the dry run).
 
 Randomness is derived, never carried: a seed's key ``k = fold_in(PRNGKey(root_seed), seed)`` gives
 ``fold_in(k, 0)`` for initialisation, ``fold_in(fold_in(k, 1), epoch)`` for the epoch's data order
-and ``fold_in(fold_in(fold_in(k, 2), epoch), step)`` for the augmentation of a step. Seed i of an
+and ``fold_in(fold_in(fold_in(k, 2), epoch), step)`` for the augmentation of a step (and that key
+folded with ``DROPOUT`` for the step's dropout masks, FCN-ResNet-50's head). Seed i of an
 N-seed sweep therefore trains exactly as seed i alone, and an epoch can be resumed or split into
 several calls without changing a bit.
 
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -43,8 +45,11 @@ from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
 from cmseg_jax.methods import Method
 from cmseg_jax.models.convmixerseg import ConvMixerSeg
+from cmseg_jax.models.fcn_resnet import FCNResNet50
 
 INIT, DATA_ORDER, AUGMENT = 0, 1, 2
+# fold_in(step's augmentation key, DROPOUT): the step's dropout rng.
+DROPOUT = 1
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -89,13 +94,25 @@ def seed_key(root_seed: int, seed: int) -> jnp.ndarray:
     return jax.random.fold_in(jax.random.PRNGKey(root_seed), seed)
 
 
-def make_model(config: ml_collections.ConfigDict, smoothing: bool | None = None) -> ConvMixerSeg:
-    """The config's network; ``smoothing`` overrides ``model.smoothing`` (it has no parameters).
+def make_model(config: ml_collections.ConfigDict, smoothing: bool | None = None) -> nn.Module:
+    """The config's network (``model.arch``); ``smoothing`` overrides ConvMixerSeg's
+    ``model.smoothing`` (it has no parameters).
 
     σ and K of the Gaussian are the config's, or derived from the image size
     (:func:`cmseg_jax.config_base.smoothing`).
     """
     m = config.model
+    arch = m.get("arch", "convmixerseg")  # a config.json written before the field existed
+    if arch == "fcn_resnet50":
+        return FCNResNet50(
+            num_classes=m.num_classes,
+            width=m.fcn_width,
+            bn_momentum=m.bn_momentum,
+            dtype=jnp.dtype(m.dtype),
+            remat=bool(m.remat),
+        )
+    if arch != "convmixerseg":
+        raise ValueError(f"model.arch must be 'convmixerseg' or 'fcn_resnet50', got {arch!r}")
     smoothing = m.smoothing if smoothing is None else smoothing
     sigma, size = config_base.smoothing(config)
     return ConvMixerSeg(
@@ -213,6 +230,7 @@ def train_step(state, batch, class_weights, rng, *, model, tx, method: Method, g
             images,
             train=True,
             mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(rng, DROPOUT)},
             **_model_kwargs(state),
         )
         num, den = method.loss(outputs, masks, labels, class_weights)

@@ -20,6 +20,7 @@ from cmseg_jax import methods
 from cmseg_jax.data import lits
 from cmseg_jax.errors import UsageError
 
+ARCHS = ("convmixerseg", "fcn_resnet50")
 SOURCES = ("phantom", "lits", "tfds")
 UPSAMPLE = ("transposed", "bilinear")
 DEPTHWISE = ("auto", "conv", "shift")
@@ -82,6 +83,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Checks every field the sweep uses; raises UsageError naming the first bad one."""
     _choice(config, "method", tuple(methods.METHODS))
     _int(config, "root_seed", 0)
+    if _choice(config, "model.arch", ARCHS) == "fcn_resnet50":
+        _int(config, "model.fcn_width", 1)
+        if config.method == "cam_alpha":
+            raise _bad("method", config.method, "fcn_resnet50 has no CAM_alpha head")
+        if config.model.smoothing:
+            raise _bad("model.smoothing", True, "fcn_resnet50 has no Gaussian smoothing")
     for field in ("hidden", "depth", "patch_size", "kernel_size", "transition", "num_classes"):
         _int(config, f"model.{field}", 1)
     if config.model.num_classes != 2:

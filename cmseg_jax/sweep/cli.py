@@ -88,12 +88,7 @@ def main(argv: Sequence[str]) -> None:
     validate.check_config(config)  # before any compilation, the dry run's included
     enable_compilation_cache(config)
     if _DRY_RUN.value:
-        info = dry_run(config, len(seeds))
-        print(f"params: {info['params']}")
-        print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
-        print(f"bytes_per_seed_step: {info['bytes_per_seed_step']:.4g}")
-        print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
-        print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}")
+        info = dry_run(config, len(seeds), report=_print_seed_step)
         print(f"layout: {info['plan'].describe(len(seeds))}")
         print(
             f"estimated_device_bytes: {info['estimated_device_bytes'] / 2**30:.2f} GiB per device "
@@ -109,6 +104,15 @@ def main(argv: Sequence[str]) -> None:
     if distributed.is_writer():
         print(out["summary"])
         print(f"wrote {workdir} in {time.time() - t0:.0f} s")
+
+
+def _print_seed_step(info: dict) -> None:
+    print(f"params: {info['params']}")
+    print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
+    print(f"bytes_per_seed_step: {info['bytes_per_seed_step']:.4g}")
+    print(f"cost_source: {info['cost_source']}")
+    print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
+    print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}", flush=True)
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:

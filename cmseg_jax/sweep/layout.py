@@ -322,13 +322,19 @@ def plan_layout(
     return Plan(layout, mode, padded, program, data_bytes, budget, source)
 
 
-def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
+def dry_run(
+    config: ml_collections.ConfigDict,
+    num_seeds: int,
+    report: Callable[[dict], None] | None = None,
+) -> dict:
     """Parameter count, FLOPs per seed-step, the seed layout and device memory, without data.
 
     Compiles one seed's step (temporaries per seed-step) and the sweep's own step as
     :func:`plan_layout` lays it out (seed-stacked, chunked and sharded over the visible devices),
     so a shape or sharding error shows here, before any data is read. ``estimated_device_bytes``
     is that program's per-device footprint plus the resident data (:func:`estimated_data_bytes`).
+    ``report`` receives the per-seed figures before the layout is planned (planning raises when
+    one seed does not fit the budget).
     """
     trainer = make_train(config, num_train=config.train.batch_size)
     state = jax.eval_shape(trainer.init, seed_key(0, 0))
@@ -339,13 +345,19 @@ def dry_run(config: ml_collections.ConfigDict, num_seeds: int) -> dict:
     mem = compiled.memory_analysis()
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
     temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-    plan = plan_layout(config, trainer, num_seeds, estimated_data_bytes(config))
-    return {
+    step_cost = cost.step_cost(config, lambda: compiled)
+    info = {
         "params": params,
-        "flops_per_seed_step": cost.train_step_flops(config),
-        "bytes_per_seed_step": cost.train_step_bytes(config),
+        "flops_per_seed_step": step_cost["flops"],
+        "bytes_per_seed_step": step_cost["bytes"],
+        "cost_source": step_cost["source"],
         "state_bytes_per_seed": state_bytes,
         "temp_bytes_per_seed_step": temp,
+    }
+    if report is not None:
+        report(info)
+    plan = plan_layout(config, trainer, num_seeds, estimated_data_bytes(config))
+    return info | {
         "devices": plan.layout.shards,
         "padded_seeds": plan.padded,
         "seeds_per_chunk": plan.chunk,
