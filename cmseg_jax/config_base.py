@@ -209,15 +209,21 @@ def _parse_value(field: str, text: str, old):
     return value
 
 
-def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
+def _lookup(config: ml_collections.ConfigDict, field: str, where: str):
+    """(the ConfigDict holding dotted ``field``, its leaf name, its value); a one-line error
+    starting with ``where`` if there is no such field."""
     *parents, leaf = field.split(".")
     node = config
     try:
         for name in parents:
             node = node[name]
-        old = node[leaf]
+        return node, leaf, node[leaf]
     except (KeyError, AttributeError, TypeError):
-        raise ValueError(f"config variant item {field!r}: no such field") from None
+        raise ValueError(f"{where} {field!r}: no such field") from None
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
+    node, leaf, old = _lookup(config, field, "config variant item")
     node[leaf] = value(old) if callable(value) else value
 
 
@@ -236,13 +242,7 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         field, eq, text = item.partition("=")
         if eq:
             field = field.strip()
-            *parents, leaf = field.split(".")
-            try:
-                old = config
-                for name in parents + [leaf]:
-                    old = old[name]
-            except (KeyError, AttributeError, TypeError):
-                raise ValueError(f"config variant item {field!r}: no such field") from None
+            _, _, old = _lookup(config, field, "config variant item")
             _set(config, field, _parse_value(field, text.strip(), old))
         elif item in VARIANTS:
             for name, value in VARIANTS[item].items():
@@ -306,14 +306,7 @@ def parse_grid(config: ml_collections.ConfigDict) -> dict[str, tuple]:
             raise ValueError(f"sweep.grid: {item.strip()!r} is not field=value,value,...")
         if field in grid:
             raise ValueError(f"sweep.grid: {field} appears twice")
-        *parents, leaf = field.split(".")
-        node = config
-        try:
-            for name in parents:
-                node = node[name]
-            old = node[leaf]
-        except (KeyError, AttributeError, TypeError):
-            raise ValueError(f"sweep.grid: {field!r}: no such field") from None
+        _, _, old = _lookup(config, field, "sweep.grid:")
         if field == "model.smoothing_sigma" and old is None:
             old = 0.0
         values = tuple(_parse_value(field, v.strip(), old) for v in text.split(","))
