@@ -1,5 +1,8 @@
 """Where CAM_β's liver maps fall on the CT phantom, and why: evidence, not tuning.
 
+(One file of ~640 lines on purpose: every measurement of docs/cam_beta.md in one script that
+writes one JSON, so that the document's numbers are reproduced by one command.)
+
     python benchmarks/cam_beta_probe.py --config 'configs/cam_beta.py:cpu,train.epochs=15' \\
         --workdir /tmp/cam_beta_cpu --num_seeds 2 --out docs/reproduction/cam_beta/base.json
     python benchmarks/cam_beta_probe.py --quick --out /tmp/q.json

@@ -1,5 +1,9 @@
 """ConvMixerSeg in PyTorch: the thesis' training loop and newer PyTorch ways, for comparison.
 
+(One file of ~780 lines on purpose: a self-contained re-implementation of the model, its
+initialisation, loss and training modes that runs with torch alone, so that it can be read and
+run beside the thesis' code without this package's layers.)
+
     python benchmarks/torch_reference.py --check          # same loss and gradients as the JAX model
     python benchmarks/torch_reference.py --seeds 1 8      # seed-steps/s per mode
     python benchmarks/torch_reference.py --config configs/cam_beta.py --seeds 1 --modes eager

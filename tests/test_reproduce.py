@@ -223,3 +223,19 @@ def test_docs_hold_the_reference_numbers():
         }
         for metric, cells in spec["cells"].items():
             assert rows[gather.title(metric)] == list(cells), (name, metric)
+
+
+def test_all_eight_experiments_and_every_comparison_end_to_end(tmp_path):
+    """Every thesis experiment at the tiny size (2 seeds, 1 epoch) and every comparison."""
+    out = tmp_path / "all"
+    args = ("--size", "tiny", "--num_seeds", 2, "--out", out, "--", "--config.train.epochs=1")
+    proc = _run(*args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert "missing:" not in text
+    for name in reference.EXPERIMENTS:
+        assert (out / "runs" / name / "results.csv").is_file(), name
+        assert f"### `{name}`:" in text
+    for key, spec in reference.COMPARISONS.items():
+        assert f"## {spec['title']} (`{key}`" in text
+        assert (out / "comparisons" / key / "comparisons.csv").is_file(), key
