@@ -142,7 +142,6 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         config.model.transition = 16
         config.model.remat = False
         config.model.decoder_chunk = 16  # the whole batch: fastest on a CPU
-        config.model.fcn_width = 16
         config.train.batch_size = 16
         config.eval.batch_size = 64
     elif arg == "tiny":
@@ -154,7 +153,6 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         config.model.hidden = 8
         config.model.depth = 1
         config.model.transition = 4
-        config.model.fcn_width = 8
         config.model.remat = False
         config.train.epochs = min(config.train.epochs, 2)
         config.train.batch_size = 4
@@ -164,6 +162,10 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         config.num_seeds = 2
     else:
         raise ValueError(f"unknown config variant {arg!r}; expected one of: cpu, tiny")
+    if config.model.arch == "fcn_resnet50":
+        # Only the FCN's own configs change the field, so a ConvMixerSeg workdir written before
+        # it existed still resumes (sweep._check_workdir accepts new fields at their defaults).
+        config.model.fcn_width = 16 if arg == "cpu" else 8
     sigma, size = scaled_smoothing(config.data.image_size)
     config.model.smoothing_sigma = sigma
     config.model.smoothing_size = size
