@@ -32,13 +32,13 @@ label. Training uses the same gamma augmentation (γ ~ U(gamma_range) per image)
 (``torch.optim.Adam`` with the config's lr, b1, b2 and eps 1e-8, as ``optax.adam``). The JAX step's
 divergence guard (a seed whose loss or gradient turns non-finite is frozen) has no counterpart here.
 
-One known difference: PyTorch's BatchNorm updates its running variance with the unbiased batch
-variance, flax with the biased one (a factor n / (n - 1), n = batch · height · width per channel).
-The normalisation in training mode and everything that enters the loss are the same.
+BatchNorm is the same on both sides: training mode normalises with the biased batch variance and
+keeps the unbiased one (× n / (n - 1), n = batch · height · width per channel) in the running
+variance (``cmseg_jax/models/batchnorm.py``), so eval-mode outputs agree too.
 
 ``--check`` copies a JAX/Flax params + batch_stats pytree into the torch model
 (:func:`load_flax_variables`) and compares, in float32 on one training batch: the loss, the global
-gradient norm, every parameter's gradient and the updated BatchNorm running means
+gradient norm, every parameter's gradient and the updated BatchNorm running means and variances
 (:func:`cross_check`).
 
 Timed modes (:func:`measure`): N seeds × ``steps`` Adam steps at batch ``train.batch_size`` on
@@ -322,6 +322,20 @@ def _kernel_to_torch(kernel: np.ndarray, module: nn.Module) -> np.ndarray:
     raise ValueError(f"unexpected kernel shape {kernel.shape}")
 
 
+def _unrolled(tree) -> dict:
+    """A ConvMixerSeg variables collection with one entry per torch module: the scanned mixer
+    layers (``mixer/{dw,dw_bn,pw,pw_bn}``, stacked on axis 0) as ``mixer{i}_dw`` … and the
+    decoder block's entries (under ``head``) at the top level."""
+    tree = dict(tree)
+    tree.update(tree.pop("head", {}))
+    mixer = tree.pop("mixer", {})
+    for part, leaves in mixer.items():
+        for leaf, value in leaves.items():
+            for i, layer in enumerate(np.asarray(value)):
+                tree.setdefault(f"mixer{i}_{part}", {})[leaf] = layer
+    return tree
+
+
 def flax_to_torch(model: TorchConvMixerSeg, params, batch_stats=None) -> dict[str, torch.Tensor]:
     """Flax ``params`` (and ``batch_stats``) as a state dict of ``model`` (float32 copies).
 
@@ -329,6 +343,7 @@ def flax_to_torch(model: TorchConvMixerSeg, params, batch_stats=None) -> dict[st
     """
     modules = dict(model.named_modules())
     out = {}
+    params, batch_stats = _unrolled(params), _unrolled(batch_stats or {})
     for name, leaves in params.items():
         module = modules[name]
         for leaf, value in leaves.items():
@@ -340,7 +355,7 @@ def flax_to_torch(model: TorchConvMixerSeg, params, batch_stats=None) -> dict[st
             else:
                 key = "bias"
             out[f"{name}.{key}"] = torch.tensor(np.ascontiguousarray(value))
-    for name, leaves in (batch_stats or {}).items():
+    for name, leaves in batch_stats.items():
         for leaf, value in leaves.items():
             key = {"mean": "running_mean", "var": "running_var"}[leaf]
             out[f"{name}.{key}"] = torch.tensor(np.asarray(value, np.float32))
@@ -380,13 +395,15 @@ def cross_check(config, seed: int = 0, smoothing_impl: str = "matmul") -> dict[s
     """One training batch through the JAX and the torch model with the same weights, in float32.
 
     The JAX seed's initial variables are copied into the torch model; the loss, its gradient and the
-    BatchNorm running means after the step are compared.
+    BatchNorm running means and variances after the step are compared.
 
     Returns:
       ``loss_jax``, ``loss_torch``, ``loss_rel`` (relative difference), ``grad_norm_jax``,
       ``grad_norm_torch``, ``grad_norm_rel``, ``grad_diff_rel`` (‖g_torch − g_jax‖ / ‖g_jax‖ over
       all parameters), ``grad_max_rel`` (largest over parameters of max |Δg| / max |g_jax|),
-      ``running_mean_max_abs`` (largest |Δ| of the updated running means) and ``num_params``.
+      ``running_mean_max_abs`` (largest |Δ| of the updated running means),
+      ``running_var_max_rel`` (largest |Δ| / var of the updated running variances) and
+      ``num_params``.
     """
     import jax
     import jax.numpy as jnp
@@ -454,6 +471,11 @@ def cross_check(config, seed: int = 0, smoothing_impl: str = "matmul") -> dict[s
     mean_diff = max(
         float((own[k] - v).abs().max()) for k, v in stats_ref.items() if k.endswith("running_mean")
     )
+    var_rel = max(
+        float(((own[k] - v).abs() / v.abs()).max())
+        for k, v in stats_ref.items()
+        if k.endswith("running_var")
+    )
     loss_j, loss_t = float(loss_j), loss_t.item()
     return {
         "loss_jax": loss_j,
@@ -465,6 +487,7 @@ def cross_check(config, seed: int = 0, smoothing_impl: str = "matmul") -> dict[s
         "grad_diff_rel": math.sqrt(diff_sq) / max(norm_j, 1e-30),
         "grad_max_rel": grad_max_rel,
         "running_mean_max_abs": mean_diff,
+        "running_var_max_rel": var_rel,
         "num_params": count_params(model),
     }
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmseg_jax.models.batchnorm import BatchNorm
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.models.fcn_resnet import FCNResNet50, torchvision_name
 from tests.conftest import ROOT, load_config
@@ -129,6 +130,27 @@ def test_output_stride_is_8_and_the_last_stages_are_dilated():
     assert [dilation[f"layer3_{i}"] for i in range(6)] == [1, 2, 2, 2, 2, 2]
     assert [dilation[f"layer4_{i}"] for i in range(3)] == [2, 4, 4]
     assert {dilation[f"layer{s}_0"] for s in (1, 2)} == {1}
+
+
+def test_every_batchnorm_is_pytorchs():
+    # 53 in the backbone (stem, 3 per bottleneck, 4 downsample paths) and 1 in the head, all with
+    # PyTorch's running variance (cmseg_jax/models/batchnorm.py, tested in test_models.py).
+    model, variables, x = _tiny()
+    kinds = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm | BatchNorm):
+            kinds.append(type(context.module))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(
+            lambda v: model.apply(
+                v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)}
+            ),
+            variables,
+        )
+    assert kinds == [BatchNorm] * 54
 
 
 def test_dropout_needs_an_rng_and_is_off_in_eval():

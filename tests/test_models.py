@@ -1,5 +1,6 @@
 """Model: parameter counts, shapes, and each hand-written op against a reference implementation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ from jax import lax
 from scipy import signal
 
 from cmseg_jax import methods
+from cmseg_jax.models.batchnorm import BatchNorm
 from cmseg_jax.models.convmixerseg import (
     ConvMixerSeg,
     Depthwise,
@@ -254,3 +256,68 @@ def test_legacy_unrolled_layout_maps_onto_the_scan_layout():
         model.apply(upgraded, x, train=False)["maps"],
         model.apply(variables, x, train=False)["maps"],
     )
+
+
+def test_batchnorm_keeps_pytorchs_unbiased_running_variance():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2, 3, 3, 2)) * [1.0, 3.0] + [0.5, -1.0]).astype(np.float32)
+    bn = BatchNorm(use_running_average=False)
+    variables = bn.init(jax.random.PRNGKey(0), x)
+    y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    flat = x.reshape(-1, 2).astype(np.float64)  # n = 18 values per channel
+    stats = updates["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * flat.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 * 1.0 + 0.1 * flat.var(0, ddof=1), rtol=1e-6)
+    # The batch itself is normalised with the biased variance, as PyTorch does.
+    want = (x - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    # With a mask, n counts the values it keeps.
+    mask = np.zeros(x.shape, bool)
+    mask[:, :2, :2] = True
+    _, updates = bn.apply(variables, x, mask=jnp.asarray(mask), mutable=["batch_stats"])
+    kept = x[:, :2, :2].reshape(-1, 2).astype(np.float64)  # n = 8
+    np.testing.assert_allclose(
+        updates["batch_stats"]["var"], 0.9 + 0.1 * kept.var(0, ddof=1), rtol=1e-6
+    )
+    # Eval mode normalises with the running statistics.
+    stats = jax.tree.map(np.asarray, stats)
+    out = BatchNorm(use_running_average=True).apply(
+        {"params": variables["params"], "batch_stats": stats}, x
+    )
+    np.testing.assert_allclose(
+        out, (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_convmixerseg_batchnorms_keep_the_unbiased_variance():
+    # depth 0: no scan, so every BatchNorm's input is concrete here; the mixer layers use the
+    # same module (tested above) with n = batch · height · width.
+    common = dict(hidden=4, depth=0, transition=3, smoothing_size=3)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 12, 12), minval=-1, maxval=1)
+    plain = ConvMixerSeg(**common)
+    variables = plain.init(jax.random.PRNGKey(0), x, train=False)
+    inputs = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, BatchNorm):
+            inputs[context.module.name] = (np.asarray(args[0], np.float64), kwargs.get("mask"))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _, updates = plain.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert set(inputs) == {"embed_bn", "decoder_bn"}
+    embed = inputs["embed_bn"][0].reshape(-1, 4)
+    np.testing.assert_allclose(
+        updates["batch_stats"]["embed_bn"]["var"], 0.9 + 0.1 * embed.var(0, ddof=1), rtol=1e-5
+    )
+    # Decoder BN: n = the pixels inside the crop (12² of 14²) × batch.
+    features, mask = inputs["decoder_bn"]
+    inside = features[np.broadcast_to(np.asarray(mask), features.shape)].reshape(-1, 3)
+    assert inside.shape[0] == 2 * 12 * 12
+    want = 0.9 + 0.1 * inside.var(0, ddof=1)
+    np.testing.assert_allclose(updates["batch_stats"]["head"]["decoder_bn"]["var"], want, rtol=1e-5)
+    # The fused decoder keeps the same running variance.
+    _, fused = ConvMixerSeg(**common, decoder_chunk=1).apply(
+        variables, x, train=True, mutable=["batch_stats"]
+    )
+    np.testing.assert_allclose(fused["batch_stats"]["head"]["decoder_bn"]["var"], want, rtol=1e-5)

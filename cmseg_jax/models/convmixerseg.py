@@ -24,7 +24,8 @@ shift-and-add (``cmseg_jax.models.depthwise``).
 
 Initialisation follows PyTorch's defaults (weights and biases ~ U(±1/sqrt(fan_in)), with PyTorch's
 fan-in for transposed convs), so the spread over seeds is comparable with the thesis' PyTorch runs.
-BatchNorm uses PyTorch's momentum 0.1 (flax ``momentum=0.9``) and eps 1e-5.
+BatchNorm is PyTorch's (``cmseg_jax.models.batchnorm``): momentum 0.1 (flax ``momentum=0.9``),
+eps 1e-5, and the unbiased batch variance in the running variance.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 from jax import lax
 
 from cmseg_jax.models import decoder, heads
+from cmseg_jax.models.batchnorm import BatchNorm, unbiased
 from cmseg_jax.models.depthwise import depthwise_conv
 from cmseg_jax.models.smoothing import gaussian_smooth
 
@@ -152,10 +154,10 @@ class MixerLayer(nn.Module):
         return (y + z if self.pointwise_residual else z), None
 
 
-def _batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> nn.BatchNorm:
-    # Statistics are reduced in float32 whatever ``dtype`` is (flax's force_float32_reductions),
-    # and the running averages and affine parameters are float32.
-    return nn.BatchNorm(
+def _batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> BatchNorm:
+    # Statistics are reduced in float32 whatever ``dtype`` is, and the running averages and
+    # affine parameters are float32; the running variance is PyTorch's (unbiased).
+    return BatchNorm(
         use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype, name=name
     )
 
@@ -301,7 +303,7 @@ class ConvMixerSeg(nn.Module):
 
 
 class _BatchNormVariables(nn.Module):
-    """The variables of an ``nn.BatchNorm`` (same names, shapes and initial values), for the fused
+    """The variables of a ``BatchNorm`` (same names, shapes and initial values), for the fused
     decoder, which computes the normalisation itself: returns (scale, bias, mean, var)."""
 
     features: int
@@ -379,8 +381,10 @@ class Decoder(nn.Module):
         )
         if not self.is_initializing():
             m = self.bn_momentum
+            # PyTorch's running variance: unbiased over the pixels inside the crop of the batch.
+            count = y.shape[0] * self.window[1] * self.window[3]
             ra_mean.value = m * ra_mean.value + (1.0 - m) * lax.stop_gradient(mean)
-            ra_var.value = m * ra_var.value + (1.0 - m) * lax.stop_gradient(var)
+            ra_var.value = m * ra_var.value + (1.0 - m) * unbiased(lax.stop_gradient(var), count)
         return logits
 
 

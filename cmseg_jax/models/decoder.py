@@ -21,8 +21,9 @@ Layouts (patch-major, the transposed conv's own output order; see ``convmixerseg
   y (B, n, n, C)  kernel (C, p, p, Ct)  ->  logits (B, n, n, p, p, K)
   inside (n, n, p, p) bool: the pixels kept by the crop (the BatchNorm statistics use only these)
 
-BatchNorm semantics are flax's (and the plain path's): biased batch variance E[g²] − E[g]², eps
-1e-5, statistics reduced in float32. GELU is the exact (erf) form.
+BatchNorm semantics are the plain path's (``cmseg_jax.models.batchnorm``): the batch is normalised
+with its biased variance E[g²] − E[g]², eps 1e-5, statistics reduced in float32; the caller keeps
+PyTorch's unbiased variance in the running average. GELU is the exact (erf) form.
 """
 
 from __future__ import annotations

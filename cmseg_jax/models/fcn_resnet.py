@@ -29,7 +29,8 @@ weights, and the project downloads nothing, so every run initialises as torchvis
 weights: backbone convs ``kaiming_normal_(mode='fan_out', nonlinearity='relu')`` (normal, std
 sqrt(2 / (out · kh · kw))), BatchNorm weight 1 and bias 0, and the FCN head's convs (created after
 the backbone's init loop) PyTorch's default conv init, U(±1/sqrt(fan_in)) for weight and bias.
-BatchNorm uses PyTorch's momentum 0.1 (flax ``momentum=0.9``) and eps 1e-5. Dropout needs a
+BatchNorm is PyTorch's (``cmseg_jax.models.batchnorm``: momentum 0.1 == flax 0.9, eps 1e-5, the
+unbiased batch variance in the running variance). Dropout needs a
 ``'dropout'`` rng when ``train=True``.
 
 Parameter names map one to one onto torchvision's ``state_dict`` (:func:`torchvision_name`), so
@@ -50,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from cmseg_jax.models import heads
+from cmseg_jax.models.batchnorm import BatchNorm
 from cmseg_jax.models.convmixerseg import torch_uniform
 
 Array = jnp.ndarray
@@ -61,9 +63,9 @@ EXPANSION = 4
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> nn.BatchNorm:
+def _batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> BatchNorm:
     # Statistics reduced in float32 whatever ``dtype`` is; running averages and affine float32.
-    return nn.BatchNorm(
+    return BatchNorm(
         use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype, name=name
     )
 
