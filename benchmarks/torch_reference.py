@@ -237,8 +237,11 @@ class TorchConvMixerSeg(nn.Module):
 def torch_model(
     config, smoothing: bool | None = None, smoothing_impl: str = "matmul"
 ) -> TorchConvMixerSeg:
-    """The config's network (as ``cmseg_jax.train.build_model``), in PyTorch."""
+    """The config's network (as ``cmseg_jax.train.make_model``), in PyTorch."""
     m = config.model
+    from cmseg_jax.config_base import smoothing as derived_smoothing
+
+    sigma, taps = derived_smoothing(config)
     if abs(m.bn_momentum - 0.9) > 1e-12:
         raise ValueError(f"model.bn_momentum={m.bn_momentum}: only 0.9 (PyTorch's 0.1) is mirrored")
     if m.dtype != "float32":
@@ -253,8 +256,8 @@ def torch_model(
         transition=m.transition,
         upsample=m.upsample,
         pointwise_residual=m.pointwise_residual,
-        smoothing_sigma=m.smoothing_sigma if smoothing else 0.0,
-        smoothing_size=m.smoothing_size,
+        smoothing_sigma=sigma if smoothing else 0.0,
+        smoothing_size=taps,
         head="cam_alpha" if config.method == "cam_alpha" else "seg",
         smoothing_impl=smoothing_impl,
     )
@@ -271,10 +274,10 @@ def jax_param_count(config) -> int:
     import jax.numpy as jnp
 
     from cmseg_jax.models.convmixerseg import count_params as count_jax
-    from cmseg_jax.train import build_model
+    from cmseg_jax.train import make_model
 
     size = config.data.image_size
-    model = build_model(config)
+    model = make_model(config)
     variables = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size)), train=False)
     )
@@ -409,16 +412,11 @@ def cross_check(config, seed: int = 0, smoothing_impl: str = "matmul") -> dict[s
     import jax.numpy as jnp
     import optax
 
-    from cmseg_jax.train import (
-        INIT,
-        build_model,
-        classification_loss,
-        seed_key,
-        segmentation_loss,
-    )
+    from cmseg_jax.methods import classification_loss, segmentation_loss
+    from cmseg_jax.train import INIT, make_model, seed_key
 
     size = config.data.image_size
-    jmodel = build_model(config)
+    jmodel = make_model(config)
     variables = jmodel.init(
         jax.random.fold_in(seed_key(config.root_seed, seed), INIT),
         jnp.zeros((1, size, size), jnp.float32),

@@ -215,11 +215,11 @@ def test_upsampling_is_torchs_bilinear(shape_in, shape_out):
 def test_config_builds_the_model_it_names():
     config = load_config("configs/fcn_resnet50.py")
     assert (config.method, config.train.learning_rate, config.train.epochs) == ("full", 1e-3, 25)
-    from cmseg_jax.train import build_model
+    from cmseg_jax.train import make_model
 
-    model = build_model(config)
+    model = make_model(config)
     assert isinstance(model, FCNResNet50) and model.width == 64
-    assert build_model(load_config("configs/fcn_resnet50.py:tiny")).width == 8
+    assert make_model(load_config("configs/fcn_resnet50.py:tiny")).width == 8
 
 
 def test_tiny_sweep_end_to_end(tmp_path):
