@@ -192,7 +192,9 @@ CASES = [
     Case("no_config", SWEEP, (W,), 2, ("--config", "required")),
     sweep("missing_config_file", ("--config=configs/nope.py",), 2, ("--config", "nope.py")),
     sweep("unknown_variant", ("--config=configs/cam_beta.py:huge",), 2, ("huge", "variant")),
-    Case("no_workdir", SWEEP, (TINY,), 2, ("--workdir", "required")),
+    # Without --workdir the sweep writes to runs/<config.name>; a name that is no directory
+    # name cannot be one (the default itself: tests/test_default_workdir.py).
+    Case("no_workdir_bad_name", SWEEP, (TINY, "--config.name=a/b"), 2, ("config.name", "workdir")),
     sweep("seeds_comma", ("--seeds=,",), 2, ("--seeds", "no seed ids")),
     sweep("seeds_not_int", ("--seeds=a,b",), 2, ("--seeds", "integers")),
     sweep("seeds_repeated", ("--seeds=3,3",), 2, ("--seeds", "distinct")),

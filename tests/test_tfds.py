@@ -96,6 +96,23 @@ def test_build_flags_are_read_by_the_tfds_parser_itself(manual_dir, tmp_path):
     assert tfds_build.parse_args(["tfds_build", "--dataset=x", *flags]).positional_datasets == []
 
 
+def test_the_sweep_library_leaves_the_build_parser_its_config_flag(manual_dir):
+    # Only the sweep's CLI module defines absl's global --config; a program importing the
+    # library (here in a fresh process) can still parse TFDS' own --config.
+    code = (
+        "import sys, cmseg_jax.sweep, cmseg_jax.train\n"
+        "from cmseg_jax.data import tfds_build\n"
+        "argv = ['b', '--manual_dir', sys.argv[1], '-c', 's32-l2-b2-seed0']\n"
+        "args = tfds_build.parse_args(argv)\n"
+        "print(args.generation.config)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(manual_dir)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "s32-l2-b2-seed0"
+
+
 def test_json_config_with_other_window_split_and_counts(manual_dir, tmp_path):
     params = dict(
         image_size=40,

@@ -15,13 +15,6 @@ After each epoch the three splits are evaluated, one line per seed and split goe
 same workdir resumes after the last checkpoint. Outputs: docs/workdir.md.
 """
 
-from cmseg_jax.sweep.cli import (
-    default_workdir,
-    enable_compilation_cache,
-    entry,
-    main,
-    resolve_seeds,
-)
 from cmseg_jax.sweep.layout import (
     HEADROOM,
     Plan,
@@ -35,6 +28,7 @@ from cmseg_jax.sweep.layout import (
     step_bytes,
 )
 from cmseg_jax.sweep.loop import EXECUTION_FIELDS, run
+from cmseg_jax.sweep.options import default_workdir, enable_compilation_cache, resolve_seeds
 
 __all__ = [
     "EXECUTION_FIELDS",
@@ -45,9 +39,7 @@ __all__ = [
     "default_workdir",
     "dry_run",
     "enable_compilation_cache",
-    "entry",
     "estimated_data_bytes",
-    "main",
     "memory_budget",
     "over_seeds",
     "plan_layout",

@@ -1,14 +1,15 @@
-"""``python -m cmseg_jax.sweep`` / ``cmseg-sweep``: flags, config loading, the default workdir."""
+"""``python -m cmseg_jax.sweep`` / ``cmseg-sweep``: the flags and config loading.
+
+Importing this module defines the sweep's absl flags (``--config`` ...) in absl's global flag
+set; the library (``cmseg_jax.sweep``) does not import it, so other absl or argparse programs
+in the same process keep their own ``--config``.
+"""
 
 from __future__ import annotations
 
-import os
-import pathlib
-import sys
 import time
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,39 +20,9 @@ from cmseg_jax import (
     errors,
     validate,
 )
-from cmseg_jax.data import dataset
 from cmseg_jax.sweep.layout import dry_run
 from cmseg_jax.sweep.loop import run
-
-
-def resolve_seeds(num_seeds: int | None, seeds: str | None, default: int) -> list[int]:
-    """Seeds to train: ``--seeds 3,7`` exactly, else ``range(--num_seeds)``, else the config's.
-
-    Raises:
-      UsageError: naming the flag.
-    """
-    if seeds is not None:
-        if num_seeds is not None:
-            raise errors.UsageError("--seeds and --num_seeds: give one of them, not both")
-        try:
-            out = [int(s) for s in seeds.split(",") if s.strip()]
-        except ValueError:
-            raise errors.UsageError(
-                f"--seeds={seeds}: must be comma-separated integers, e.g. 3,7"
-            ) from None
-        if not out:
-            raise errors.UsageError(f"--seeds={seeds}: no seed ids, e.g. 3,7")
-        if len(set(out)) != len(out) or any(s < 0 for s in out):
-            raise errors.UsageError(f"--seeds={seeds}: must be distinct non-negative integers")
-        return out
-    if num_seeds is not None:
-        if num_seeds < 1:
-            raise errors.UsageError(f"--num_seeds={num_seeds}: must be >= 1")
-        return list(range(num_seeds))
-    if isinstance(default, bool) or not isinstance(default, int) or default < 1:
-        raise errors.UsageError(f"config.num_seeds={default!r}: must be an integer >= 1")
-    return list(range(default))
-
+from cmseg_jax.sweep.options import default_workdir, enable_compilation_cache, resolve_seeds
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:variant).")
 _WORKDIR = flags.DEFINE_string(
@@ -65,17 +36,6 @@ _DEBUG = flags.DEFINE_bool("debug", False, "On an error, print its traceback too
 _DISTRIBUTED = distributed.define_flags()
 
 
-def enable_compilation_cache(config: ml_collections.ConfigDict) -> pathlib.Path | None:
-    """Turns on JAX's persistent compilation cache (``train.compilation_cache``); its folder."""
-    if not config.train.compilation_cache:
-        return None
-    root = pathlib.Path(config.data.cache_dir) if config.data.cache_dir else None
-    path = (root or dataset.default_cache_root()) / "xla"
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    return path
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise errors.UsageError(f"{argv[1]}: unexpected argument (flags start with --)")
@@ -86,6 +46,7 @@ def main(argv: Sequence[str]) -> None:
     config = _load_config()
     seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
     validate.check_config(config)  # before any compilation, the dry run's included
+    config = config_base.resolve(config)  # σ, K derived from a checked data.image_size
     enable_compilation_cache(config)
     if _DRY_RUN.value:
         info = dry_run(config, len(seeds), report=_print_seed_step)
@@ -115,23 +76,6 @@ def _print_seed_step(info: dict) -> None:
     print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}", flush=True)
 
 
-def default_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:
-    """``runs/<config.name>`` under the current directory, for a sweep started without
-    ``--workdir``; said in one line, as the same command resumes there."""
-    name = config.get("name")
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or os.sep in name:
-        raise errors.UsageError(
-            f"config.name={name!r}: not a directory name for the default workdir; give --workdir"
-        )
-    workdir = pathlib.Path("runs") / name
-    print(
-        f"WORKDIR: --workdir not given, using {workdir} (the same command resumes there)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return workdir
-
-
 def _load_config() -> ml_collections.ConfigDict:
     try:
         config = _CONFIG.value
@@ -143,7 +87,7 @@ def _load_config() -> ml_collections.ConfigDict:
         ) from e
     if config is None:
         raise errors.UsageError("--config is required, e.g. --config configs/cam_beta.py")
-    return config_base.resolve(config)
+    return config
 
 
 def entry() -> None:
