@@ -159,10 +159,11 @@ def test_whole_run_equals_its_epochs():
     key = seed_key(0, 3)
     state, per_epoch = jax.jit(trainer.train)(key, data)
     manual = trainer.init(key)
+    train_epoch, evaluate = jax.jit(trainer.train_epoch), jax.jit(trainer.evaluate)
     for epoch in range(2):
-        manual, stats = trainer.train_epoch(manual, split, weights, jnp.int32(epoch))
+        manual, stats = train_epoch(manual, split, weights, jnp.int32(epoch))
         np.testing.assert_allclose(per_epoch["train"]["loss_sum"][epoch], stats["loss_sum"], 1e-6)
-        evals = trainer.evaluate(manual, split, weights)
+        evals = evaluate(manual, split, weights)
         np.testing.assert_array_equal(
             per_epoch["eval"]["test"]["confusion"][epoch], evals["confusion"]
         )

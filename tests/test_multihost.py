@@ -27,7 +27,8 @@ def free_port() -> int:
 def sweep_pair(workdir, devices_per_process=2):
     """The sweep's CLI as two processes of one run, both on ``workdir``."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
+    flag = f"--xla_force_host_platform_device_count={devices_per_process}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}"
     port = free_port()
     procs = [
         subprocess.Popen(

@@ -1,4 +1,5 @@
-"""launch/reproduce_thesis.sh end to end at the tiny size: one report.md, resuming, usage errors."""
+"""launch/reproduce_thesis.sh: usage errors and the reference numbers; end to end (``-m slow``)
+at the tiny size: all eight experiments, one report.md, resuming."""
 
 import csv
 import importlib.util
@@ -14,7 +15,10 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "launch" / "reproduce_thesis.sh"
-ONLY = ("full_ce", "cam_beta", "ablation_no_aug")
+# Every thesis experiment at the tiny size, 2 seeds, 1 epoch; one vmapped program per experiment
+# (seed_chunk=2): the FCN's step compiles several times longer under lax.map over seeds on XLA:CPU.
+SWEEP_FLAGS = ("--config.train.epochs=1", "--config.train.seed_chunk=2")
+ARGS = ("--size", "tiny", "--num_seeds", 2)
 CELL = re.compile(r"^(-?\d+\.\d+|nan) ± (-?\d+\.\d+|nan) \((-?\d+\.\d+|nan)\)$")
 
 
@@ -43,8 +47,9 @@ def _run(*args, root: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def reproduction(tmp_path_factory):
+    """The whole reproduction: all eight experiments and every comparison (about 5 min)."""
     out = tmp_path_factory.mktemp("reproduce") / "out"
-    args = ("--size", "tiny", "--num_seeds", 2, "--only", ",".join(ONLY), "--out", out)
+    args = (*ARGS, "--out", out, "--", *SWEEP_FLAGS)
     proc = _run(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out, args, proc
@@ -91,27 +96,41 @@ def _assert_cell(text: str, values: list[float], where: str) -> None:
     np.testing.assert_allclose((mean, std, median), expected, atol=5.1e-4, err_msg=where)
 
 
-def test_report_has_every_comparison_section(reproduction):
+def test_one_experiment_end_to_end(tmp_path):
+    """The launcher in the default run: one experiment, its report, the comparisons it lacks."""
+    out = tmp_path / "one"
+    proc = _run(*ARGS, "--only", "cam_beta", "--out", out, "--", *SWEEP_FLAGS)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert "missing: cam_alpha" in text and "missing: full_ce" in text
+    (table,) = _tables(text, "### `cam_beta`:")
+    assert [row[0] for row in table] == [gather.title(m) for m in gather.METRICS]
+    results = _results(out / "runs" / "cam_beta")
+    _assert_cell(table[[row[0] for row in table].index("MCC")][5], results["test"]["mcc"], "mcc")
+
+
+@pytest.mark.slow
+def test_all_eight_experiments_and_every_comparison_end_to_end(reproduction):
     out, _, _ = reproduction
     text = (out / "report.md").read_text()
-    for key, spec in reference.COMPARISONS.items():
-        assert f"## {spec['title']} (`{key}`" in text
     assert "## Experiments" in text and "## Per experiment, every split" in text
     assert "synthetic phantom, not LiTS" in text
-    # Runnable from this subset: full vs weak and the Aug ablation; the others say what is missing.
-    assert (out / "comparisons" / "full_vs_weak" / "comparisons.csv").exists()
-    assert (out / "comparisons" / "ablations" / "comparisons.csv").exists()
-    assert "missing: fcn_resnet50" in text and "missing: cam_alpha" in text
-    for name in ONLY:
+    assert "missing:" not in text
+    for name in reference.EXPERIMENTS:
+        assert (out / "runs" / name / "results.csv").is_file(), name
         assert f"### `{name}`:" in text
+    for key, spec in reference.COMPARISONS.items():
+        assert f"## {spec['title']} (`{key}`" in text
+        assert (out / "comparisons" / key / "comparisons.csv").is_file(), key
 
 
+@pytest.mark.slow
 def test_report_numbers_are_the_runs_results(reproduction):
     out, _, _ = reproduction
     text = (out / "report.md").read_text()
     titles = {gather.title(m): m for m in gather.METRICS}
     checked = 0
-    for name in ONLY:
+    for name in reference.EXPERIMENTS:
         results = _results(out / "runs" / name)
         (table,) = _tables(text, f"### `{name}`:")
         assert [row[0] for row in table] == [gather.title(m) for m in gather.METRICS]
@@ -123,45 +142,56 @@ def test_report_numbers_are_the_runs_results(reproduction):
                 cells = reference.EXPERIMENTS[name]["cells"].get(metric)
                 assert thesis == (cells[i] if cells else "—")
                 checked += 1
-    assert checked == len(ONLY) * 3 * len(gather.METRICS)
+    assert checked == len(reference.EXPERIMENTS) * 3 * len(gather.METRICS)
     # The comparison tables show the same testing-split numbers, beside the thesis'.
-    for key, runs in (("full_vs_weak", ("full_ce", "cam_beta")), ("ablations", ONLY[1:])):
-        table = _tables(text, f"## {reference.COMPARISONS[key]['title']}")[0]
+    for key, spec in reference.COMPARISONS.items():
+        runs = spec["runs"]
+        table = _tables(text, f"## {spec['title']}")[0]
         for row in table:
             for j, name in enumerate(runs):
                 metric = titles[row[0]]
                 _assert_cell(row[1 + 2 * j], _results(out / "runs" / name)["test"][metric], key)
 
 
+@pytest.mark.slow
 def test_report_tests_come_from_the_comparison_reports(reproduction):
     out, _, _ = reproduction
     text = (out / "report.md").read_text()
-    tests = _tables(text, f"## {reference.COMPARISONS['ablations']['title']}")[1]
-    assert {row[0] for row in tests} == {"`ablation_no_aug`"}
-    mcc = next(row for row in tests if row[1] == "MCC")
-    assert mcc[2] == "2/2"  # seeds per group
-    assert mcc[5] == reference.COMPARISONS["ablations"]["tests"][("ablation_no_aug", "mcc")]
+    titles = {gather.title(m): m for m in gather.METRICS}
+    spec = reference.COMPARISONS["ablations"]
+    tests = _tables(text, f"## {spec['title']}")[1]
+    assert {row[0] for row in tests} == {f"`{name}`" for name in spec["runs"][1:]}
+    checked = 0
+    for row in tests:
+        assert row[2] == "2/2"  # seeds per group
+        thesis = spec["tests"].get((row[0].strip("`"), titles[row[1]]))
+        if thesis is not None:
+            assert row[5] == thesis
+            checked += 1
+    assert checked == len(spec["tests"])
 
 
+@pytest.mark.slow
 def test_second_invocation_resumes_without_training(reproduction):
     out, args, _ = reproduction
     files = [p for p in (out / "runs").rglob("*") if p.is_file()]
     before = {p: p.stat().st_mtime_ns for p in files}
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ONLY:
+    for name in reference.EXPERIMENTS:
         assert f"skip {name}: finished" in proc.stdout
     assert "cmseg_jax.sweep" not in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert (out / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_a_run_in_no_comparison_gets_its_own_report(reproduction, tmp_path):
     out, _, _ = reproduction
     alone = tmp_path / "alone"
     shutil.copytree(out / "runs" / "ablation_no_aug", alone / "runs" / "ablation_no_aug")
     shutil.copy(out / "settings.txt", alone / "settings.txt")
-    proc = _run("--size", "tiny", "--num_seeds", 2, "--only", "ablation_no_aug", "--out", alone)
+    proc = _run(*ARGS, "--only", "ablation_no_aug", "--out", alone, "--", *SWEEP_FLAGS)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skip ablation_no_aug: finished" in proc.stdout
     assert not list((alone / "comparisons").iterdir())
@@ -173,6 +203,7 @@ def test_a_run_in_no_comparison_gets_its_own_report(reproduction, tmp_path):
     _assert_cell(table[1][5], results["test"]["mcc"], "test mcc")
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_same_out_are_refused(reproduction):
     out, _, _ = reproduction
     proc = _run("--size", "cpu", "--only", "cam_beta", "--out", out)
@@ -223,22 +254,3 @@ def test_docs_hold_the_reference_numbers():
         }
         for metric, cells in spec["cells"].items():
             assert rows[gather.title(metric)] == list(cells), (name, metric)
-
-
-def test_all_eight_experiments_and_every_comparison_end_to_end(tmp_path):
-    """Every thesis experiment at the tiny size (2 seeds, 1 epoch) and every comparison."""
-    out = tmp_path / "all"
-    # One vmapped program per experiment (seed_chunk=2): the FCN's step compiles several times
-    # longer under lax.map over seeds on XLA:CPU.
-    sweep_flags = ("--config.train.epochs=1", "--config.train.seed_chunk=2")
-    args = ("--size", "tiny", "--num_seeds", 2, "--out", out, "--", *sweep_flags)
-    proc = _run(*args)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    text = (out / "report.md").read_text()
-    assert "missing:" not in text
-    for name in reference.EXPERIMENTS:
-        assert (out / "runs" / name / "results.csv").is_file(), name
-        assert f"### `{name}`:" in text
-    for key, spec in reference.COMPARISONS.items():
-        assert f"## {spec['title']} (`{key}`" in text
-        assert (out / "comparisons" / key / "comparisons.csv").is_file(), key

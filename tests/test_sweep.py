@@ -27,7 +27,8 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
 def run_cli(*args, check=True, devices=None):
     env = dict(os.environ)
     if devices:  # that many CPU devices in the subprocess: the seed axis is sharded over them
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}"
         env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-m", "cmseg_jax.sweep", *args, "--progress=false"],
