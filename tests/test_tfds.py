@@ -96,13 +96,14 @@ def test_build_flags_are_read_by_the_tfds_parser_itself(manual_dir, tmp_path):
     assert tfds_build.parse_args(["tfds_build", "--dataset=x", *flags]).positional_datasets == []
 
 
-def test_the_sweep_library_leaves_the_build_parser_its_config_flag(manual_dir):
-    # Only the sweep's CLI module defines absl's global --config; a program importing the
-    # library (here in a fresh process) can still parse TFDS' own --config.
+def test_the_build_parser_keeps_its_config_flag_beside_the_sweeps(manual_dir):
+    # A process that imported the sweep's CLI holds absl's global --config; TFDS' --config
+    # (here in a fresh process, whatever the test order) still parses as TFDS' own.
     code = (
-        "import sys, cmseg_jax.sweep, cmseg_jax.train\n"
+        "import sys, cmseg_jax.sweep.cli\n"
         "from cmseg_jax.data import tfds_build\n"
         "argv = ['b', '--manual_dir', sys.argv[1], '-c', 's32-l2-b2-seed0']\n"
+        "argv.append('--noalsologtostderr')\n"
         "args = tfds_build.parse_args(argv)\n"
         "print(args.generation.config)\n"
     )

@@ -88,7 +88,15 @@ def parse_args(argv: list[str], debug: bool = False):
         del argv[1]
     from tensorflow_datasets.scripts.cli import build, cli_utils
 
-    parse = cli_utils.make_flags_parser(build.Args, description=__doc__.splitlines()[0])
+    def parse(argv):
+        # TFDS' make_flags_parser, except that TFDS' own flags win over absl flags of the same
+        # name defined elsewhere in the process (the sweep's CLI defines a global --config).
+        parser = cli_utils.ArgumentParser(
+            description=__doc__.splitlines()[0], allow_abbrev=False, conflict_handler="resolve"
+        )
+        parser.add_arguments(build.Args, dest="args")
+        return parser.parse_args(argv[1:]).args
+
     args = _one_line_parser(parse)(argv)
     with errors.cli(debug):
         _check(args)
