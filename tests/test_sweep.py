@@ -410,3 +410,15 @@ def test_call_lengths_cover_the_epoch():
     assert _call_lengths(10, 0) == [10]
     assert _call_lengths(10, 4) == [4, 4, 2]
     assert sum(_call_lengths(97, 8)) == 97
+
+
+def test_run_checks_the_image_size_before_deriving_the_gaussian(tmp_path):
+    # The library entry, not only the CLI: σ and K derive from data.image_size, so a bad size is
+    # named as itself, before anything is read or written.
+    from cmseg_jax import errors, sweep
+    from tests.conftest import load_config
+
+    config = load_config("configs/cam_beta.py:tiny,data.image_size=0")
+    with pytest.raises(errors.UsageError, match=r"config\.data\.image_size"):
+        sweep.run(config, tmp_path / "w", [0], progress=False)
+    assert not (tmp_path / "w").exists()

@@ -15,7 +15,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cmseg_jax import (
-    config_base,
     distributed,
     errors,
     validate,
@@ -46,7 +45,6 @@ def main(argv: Sequence[str]) -> None:
     config = _load_config()
     seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
     validate.check_config(config)  # before any compilation, the dry run's included
-    config = config_base.resolve(config)  # σ, K derived from a checked data.image_size
     enable_compilation_cache(config)
     if _DRY_RUN.value:
         info = dry_run(config, len(seeds), report=_print_seed_step)

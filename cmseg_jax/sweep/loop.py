@@ -143,8 +143,8 @@ def run(
     workdir = pathlib.Path(workdir)
     seeds = list(seeds)
     stop = stop or errors.StopSignals()
+    validate.check_config(config)  # before σ, K are derived from data.image_size
     config = config_base.resolve(config)
-    validate.check_config(config)
     try:
         traced, untraced = config_base.split_grid(config)
     except ValueError as e:
