@@ -119,6 +119,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     # memory shared by its devices). --dry_run --config.train.memory_budget_gb=80 plans for an
     # 80 GB GPU from any machine.
     config.train.memory_budget_gb = 0.0
+    # Plan for a device this machine does not have: '' = the visible devices; tpu-v5e (Colab's
+    # TPU), tpu-v6e, tpu-v4, tpu-v2, h100, a100-80, l4 (cmseg_jax/sweep/targets.py). With
+    # --dry_run the sweep's step is compiled by that device's own compiler, deviceless (the
+    # 'tpu' / 'aot-gpu' extras); a real run checks that it runs on that device.
+    config.train.target = ""
+    # On an accelerator the plan may run a cheaper execution than model.remat /
+    # model.decoder_chunk say (fewer FLOPs, the same function) when it fits the same seed chunk.
+    config.train.plan_execution = True
     # JAX's persistent compilation cache in <cache root>/xla ($CMSEG_CACHE or
     # ~/.cache/cmseg_jax): a second start of the same sweep skips XLA's compiles.
     config.train.compilation_cache = True

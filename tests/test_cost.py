@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from cmseg_jax import cost
-from cmseg_jax.sweep.layout import _batch_split
+from cmseg_jax.sweep.plan import _batch_split
 from cmseg_jax.train import make_train, seed_key
 from tests.conftest import load_config
 

@@ -324,33 +324,35 @@ def test_layout_planner(monkeypatch):
     # (the real compile behind it is exercised by the dry-run tests above).
     compiled = []
 
-    def fake_step_bytes(config, trainer, layout, n):
+    def fake_step_bytes(config, trainer, layout, n, quiet=False):
         chunk = layout.chunk if 0 < layout.chunk < n else n
         compiled.append(chunk)
-        extra = gib if chunk >= 12 else 0  # grows faster than the two-point extrapolation
+        extra = gib if chunk >= 12 else 0  # grows faster than a straight line would say
         return gib + 2 * gib * chunk + extra
 
-    monkeypatch.setattr(sweep.layout, "step_bytes", fake_step_bytes)
+    monkeypatch.setattr(sweep.plan, "step_bytes", fake_step_bytes)
     # On a CPU with no budget: one seed per chunk (lax.map over seeds).
     plan = sweep.plan_layout(config, None, 5, data_bytes=0)
     assert (plan.mode, plan.chunk, plan.padded) == ("map", 1, 5)
-    # Room for 3.5 seeds: chunks of 3, balanced (5 seeds -> 2 chunks of 3, one padded seed).
+    # Room for 3.5 seeds: chunks of 3, balanced (5 seeds -> 2 chunks of 3, one padded seed),
+    # found by bisection over the balanced chunkings 1, 2, 3, 5 of the compiled chunk itself.
     config.train.seed_layout = "vmap"
     config.train.memory_budget_gb = 8.0 / sweep.HEADROOM
     compiled.clear()
     plan = sweep.plan_layout(config, None, 5, data_bytes=0)
     assert (plan.chunk, plan.padded, plan.program_bytes) == (3, 6, 7 * gib), plan
-    assert compiled == [1, 2, 3]  # two points to extrapolate, then the chosen chunk checked
+    assert compiled == [5, 1, 2, 3]
     # 48 seeds that fit 13 at a time run as 4 chunks of 12, not 13 + 13 + 13 + 9 padded; the
     # data take their share of the budget.
     config.train.memory_budget_gb = (1 + 2 * 13 + 1 + 0.5) / sweep.HEADROOM
     plan = sweep.plan_layout(config, None, 48, data_bytes=gib)
     assert (plan.chunk, plan.padded) == (12, 48), plan
-    # The check of the chosen chunk steps down when the extrapolation was too hopeful.
+    # Where the step grows faster than a line, the measured chunk decides: 12 seeds do not fit
+    # 1 + 2 * 12 + 1 GiB next to 1 GiB of data; 6 (two chunks of 6) do.
     config.train.memory_budget_gb = (1 + 2 * 12 + 1) / sweep.HEADROOM
     compiled.clear()
     plan = sweep.plan_layout(config, None, 12, data_bytes=gib)
-    assert plan.chunk == 11 and compiled == [1, 2, 12, 11], (plan, compiled)
+    assert plan.chunk == 6 and compiled == [12, 1, 3, 4, 6], (plan, compiled)
     # An explicit chunk wins.
     config.train.seed_chunk = 2
     assert sweep.plan_layout(config, None, 5, data_bytes=0).chunk == 2

@@ -15,20 +15,18 @@ After each epoch the three splits are evaluated, one line per seed and split goe
 same workdir resumes after the last checkpoint. Outputs: docs/workdir.md.
 """
 
-from cmseg_jax.sweep.layout import (
+from cmseg_jax.sweep.layout import SeedLayout, SweepFns, over_seeds
+from cmseg_jax.sweep.loop import EXECUTION_FIELDS, run
+from cmseg_jax.sweep.options import default_workdir, enable_compilation_cache, resolve_seeds
+from cmseg_jax.sweep.plan import (
     HEADROOM,
     Plan,
-    SeedLayout,
-    SweepFns,
     dry_run,
     estimated_data_bytes,
     memory_budget,
-    over_seeds,
     plan_layout,
     step_bytes,
 )
-from cmseg_jax.sweep.loop import EXECUTION_FIELDS, run
-from cmseg_jax.sweep.options import default_workdir, enable_compilation_cache, resolve_seeds
 
 __all__ = [
     "EXECUTION_FIELDS",

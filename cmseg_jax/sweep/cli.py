@@ -19,9 +19,9 @@ from cmseg_jax import (
     errors,
     validate,
 )
-from cmseg_jax.sweep.layout import dry_run
 from cmseg_jax.sweep.loop import run
 from cmseg_jax.sweep.options import default_workdir, enable_compilation_cache, resolve_seeds
+from cmseg_jax.sweep.plan import dry_run, target_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:variant).")
 _WORKDIR = flags.DEFINE_string(
@@ -45,6 +45,7 @@ def main(argv: Sequence[str]) -> None:
     config = _load_config()
     seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
     validate.check_config(config)  # before any compilation, the dry run's included
+    target_of(config)  # an unknown train.target, in one line
     enable_compilation_cache(config)
     if _DRY_RUN.value:
         info = dry_run(config, len(seeds), report=_print_seed_step)
@@ -66,6 +67,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _print_seed_step(info: dict) -> None:
+    print(f"device: {info['device']} (compiled by {info['compiler']})")
     print(f"params: {info['params']}")
     print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
     print(f"bytes_per_seed_step: {info['bytes_per_seed_step']:.4g}")

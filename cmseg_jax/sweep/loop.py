@@ -30,9 +30,10 @@ from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data import dataset
 from cmseg_jax.sweep import grid
-from cmseg_jax.sweep.layout import SweepFns, plan_layout
+from cmseg_jax.sweep.layout import SweepFns
 from cmseg_jax.sweep.outputs import evaluate as _evaluate
 from cmseg_jax.sweep.outputs import finish as _finish
+from cmseg_jax.sweep.plan import plan_layout, running_on_target, with_fields
 from cmseg_jax.train import TrainState, make_train, seed_key
 
 SPLITS = dataset.SPLITS
@@ -67,6 +68,8 @@ EXECUTION_FIELDS = frozenset(
         "train.seed_chunk",
         "train.seed_layout",
         "train.memory_budget_gb",
+        "train.target",
+        "train.plan_execution",
         "train.steps_per_call",
         "train.compilation_cache",
     }
@@ -187,6 +190,7 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
     record = workdir_io.config_record(config, list(axis.seeds))
     _check_workdir(workdir, record)
     _check_writable(workdir)
+    running_on_target(config)
 
     splits, data_description = dataset.load_dataset(config)
     sizes = {name: len(splits[name].labels) for name in SPLITS}
@@ -204,11 +208,18 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
         "val": dataset.device_layout(splits["val"], config.eval.batch_size),
         "test": dataset.device_layout(splits["test"], config.eval.batch_size),
     }
-    trainer = make_train(config, num_train=len(splits["train"].labels), traced=axis.traced)
+    def make_trainer(cfg):
+        return make_train(cfg, num_train=len(splits["train"].labels), traced=axis.traced)
+
+    trainer = make_trainer(config)
     num = len(seeds)
     resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(host_data))
     # A fixed chunk is not compiled twice: XLA names an out-of-memory chunk when it runs.
-    plan = plan_layout(config, trainer, num, resident, measure_fixed=False)
+    plan = plan_layout(
+        config, trainer, num, resident, measure_fixed=False, make_trainer=make_trainer
+    )
+    if plan.execution:
+        trainer = make_trainer(with_fields(config, plan.execution))
     print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
     distributed.check_same(plan.chunk, "train.seed_chunk")
     layout = plan.layout
