@@ -226,6 +226,8 @@ class Plan:
       execution: the model fields the plan set (``model.remat``, ``model.decoder_chunk``) where
         a cheaper execution fits the same chunk; empty when the config's own is kept.
       reason: why this width (the roofline floor of a chunk on the target).
+      measured: {seeds per chunk: compiled bytes per device (inf: refused)} of every chunk the
+        search compiled with the config's own execution.
     """
 
     layout: SeedLayout
@@ -238,6 +240,7 @@ class Plan:
     compiler: str = ""
     execution: dict = dataclasses.field(default_factory=dict)
     reason: str = ""
+    measured: dict = dataclasses.field(default_factory=dict)
 
     @property
     def per_device(self) -> int:
@@ -436,6 +439,7 @@ def plan_layout(
         compiler=compiler,
         execution=execution,
         reason=roofline(used, target, min(chunk or local, local)),
+        measured={c: size[2] for (c, key), size in sorted(sizes.items()) if key == ()},
     )
 
 
