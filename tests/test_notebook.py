@@ -29,6 +29,8 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("CMSEG_NOTEBOOK_SEEDS", "2")
     monkeypatch.setenv("CMSEG_NOTEBOOK_EPOCHS", "1")
     monkeypatch.setenv("CMSEG_NOTEBOOK_WORKDIR", str(workdir))
+    monkeypatch.setenv("CMSEG_NOTEBOOK_PLAN_CONFIG", "configs/cam_beta.py:tiny")
+    monkeypatch.setenv("CMSEG_NOTEBOOK_PLAN_SEEDS", "4")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
@@ -41,6 +43,10 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     kinds = [k for c in code for k in outputs(c)[1]]
     assert "pip install" not in printed  # importable already: no install
     assert "backend: cpu" in printed
+    # The plan for this runtime's own device, and the data cell's line without a Drive folder.
+    assert "device: cpu:cpu (compiled by XLA:CPU)" in printed
+    assert "plan: 4 seeds (padded to 4) over 1 device(s), 1 per chunk" in printed
+    assert "data: no LiTS folder given (LITS_DRIVE_DIR), the embedded phantom" in printed
     assert "LAYOUT: 2 seeds" in printed  # the seed layout the sweep chose
     assert "seed-step" in printed  # the progress bar
     assert "| MCC |" in printed
