@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import platform
 import sys
@@ -26,6 +27,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Deviceless: the host's own backend is the CPU (libtpu would look for an absent TPU).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from cmseg_jax import config_base, cost, errors  # noqa: E402
 from cmseg_jax.sweep import plan as planning  # noqa: E402

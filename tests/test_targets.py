@@ -39,9 +39,10 @@ def _aot_python() -> str:
     pytest.skip('no deviceless compilers: pip install -e ".[tpu,aot-gpu]" in $CMSEG_AOT_PYTHON')
 
 
-def dry_run(*args, data_cache=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def dry_run(*args):
+    env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the tests' XLA:CPU setting is not the target's
+    env.pop("JAX_PLATFORMS", None)  # the CLI itself keeps the host on its CPU
     cmd = [_aot_python(), "-m", "cmseg_jax.sweep", "--dry_run", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 

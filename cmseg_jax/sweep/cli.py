@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -45,7 +46,10 @@ def main(argv: Sequence[str]) -> None:
     config = _load_config()
     seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
     validate.check_config(config)  # before any compilation, the dry run's included
-    target_of(config)  # an unknown train.target, in one line
+    if target_of(config) is not None and _DRY_RUN.value:
+        # The target is compiled for deviceless; the host needs no other backend (an installed
+        # libtpu or CUDA plugin would otherwise look for its absent hardware).
+        jax.config.update("jax_platforms", "cpu")
     enable_compilation_cache(config)
     if _DRY_RUN.value:
         info = dry_run(config, len(seeds), report=_print_seed_step)
