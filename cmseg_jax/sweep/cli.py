@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -20,6 +19,7 @@ from cmseg_jax import (
     errors,
     validate,
 )
+from cmseg_jax.sweep import targets
 from cmseg_jax.sweep.loop import run
 from cmseg_jax.sweep.options import default_workdir, enable_compilation_cache, resolve_seeds
 from cmseg_jax.sweep.plan import dry_run, target_of
@@ -49,7 +49,7 @@ def main(argv: Sequence[str]) -> None:
     if target_of(config) is not None and _DRY_RUN.value:
         # The target is compiled for deviceless; the host needs no other backend (an installed
         # libtpu or CUDA plugin would otherwise look for its absent hardware).
-        jax.config.update("jax_platforms", "cpu")
+        targets.start_host_backend()
     enable_compilation_cache(config)
     if _DRY_RUN.value:
         info = dry_run(config, len(seeds), report=_print_seed_step)

@@ -230,6 +230,19 @@ def devices(target: Target) -> list:
     return list(topo.devices[:1])
 
 
+def start_host_backend() -> None:
+    """Starts jax on the host's CPU alone, with the compiler plugins' start-up logging (the CUDA
+    plugin reports its absent driver from C++ when jax discovers it) kept off the terminal."""
+    import jax
+
+    try:
+        jax.config.update("jax_platforms", "cpu")
+    except Exception:  # backends already started: keep what they are
+        pass
+    with _quiet_stderr():
+        jax.devices()
+
+
 def compile_quietly(lowered):
     """``lowered.compile()`` with the compiler's C++ logging kept off the terminal."""
     with _quiet_stderr():
