@@ -37,6 +37,8 @@ FINAL_STATS = "final_stats.npz"
 EXAMPLES = "examples.npz"
 RUN_INFO = "run.json"
 SUMMARY = "summary.md"
+# Held (flock) by the sweep writing the workdir; names its holder (cmseg_jax/workdir_lock.py).
+LOCK = "lock"
 # Evaluation variant -> suffix of its ``results{suffix}.csv`` / ``final_stats{suffix}.npz``.
 VARIANTS = {"default": "", "no_smoothing": "_no_smoothing"}
 RESULTS_COLUMNS = ("seed", "split", "metric", "value")

@@ -594,3 +594,63 @@ def test_gzip_stream_is_verified(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(nifti.DataError, match="corrupt gzip stream"):
         nifti.verify_gzip(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per workdir.
+
+
+def _lock_refusal(stderr: str, pid: int | None = None) -> str:
+    err = lines(stderr)
+    assert len(err) == 1, stderr
+    assert err[0].startswith("error: ") and "in use by another sweep" in err[0], err
+    assert "started " in err[0] and (pid is None or f"pid {pid} on " in err[0]), err
+    return err[0]
+
+
+def test_two_sweeps_started_together_one_runs(finished, tmp_path):
+    workdir = tmp_path / "w"
+    args = [sys.executable, "-m", SWEEP, *RUN, f"--workdir={workdir}"]
+    procs = [subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], (codes, errs)
+    winner = codes.index(0)
+    _lock_refusal(errs[1 - winner], procs[winner].pid)
+    assert_same_run(workdir, finished)
+    assert not (workdir / "lock").exists()
+
+
+def test_a_held_workdir_refuses_and_a_killed_holder_frees_it(finished, good_data, tmp_path):
+    workdir = tmp_path / "w"
+    args = [sys.executable, "-m", SWEEP, *RUN, f"--workdir={workdir}"]
+    holder = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not (workdir / "checkpoints" / "1").exists():
+            assert time.time() < deadline and holder.poll() is None
+            time.sleep(0.05)
+        holder.send_signal(signal.SIGSTOP)  # it holds the lock, and stays at epoch 1 or 2
+        proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+        assert proc.returncode == 2, proc.stderr
+        _lock_refusal(proc.stderr, holder.pid)
+        # Readers may read it; they say it is being written.
+        proc = cli(REPORT, str(workdir), f"--out={tmp_path}/r")
+        assert proc.returncode == 0, proc.stderr
+        assert f"in progress: a sweep is writing it (pid {holder.pid} " in proc.stderr
+        assert "in progress" in (tmp_path / "r" / "report.md").read_text()
+        some_volume(good_data, tmp_path)
+        proc = cli(PREDICT, f"--workdir={workdir}", *(c.format(tmp=tmp_path) for c in CT))
+        assert proc.returncode == 0, proc.stderr
+        assert f"in progress, a sweep is writing it (pid {holder.pid} " in proc.stderr
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock, the file stays
+        holder.wait()
+    from cmseg_jax import workdir_lock
+
+    assert (workdir / "lock").exists() and workdir_lock.holder(workdir) is None
+    proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "RESUME: " in proc.stderr
+    assert_same_run(workdir, finished)
+    assert not (workdir / "lock").exists()

@@ -3,6 +3,7 @@ checkpoints, final evaluations and result files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -25,6 +26,7 @@ from cmseg_jax import (
     results,
     tensorboard_log,
     validate,
+    workdir_lock,
 )
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import get_base_config
@@ -149,13 +151,35 @@ def run(
         traced, untraced = config_base.split_grid(config)
     except ValueError as e:
         raise errors.UsageError(str(e)) from None
-    if untraced:
-        return _run_programs(config, workdir, seeds, traced, untraced, progress, stop)
-    axis = grid.plain(seeds)
-    if traced:
-        points = tuple(config_base.grid_points(traced))
-        axis = grid.RunAxis(tuple(seeds), points, {}, workdir / workdir_io.GRID_DIR)
-    return _run(config, workdir, axis, progress, stop)
+    _check_workdir(workdir, workdir_io.config_record(config, seeds))
+    _check_writable(workdir)
+    with _one_writer(workdir):  # before the data are read: a second sweep stops at once
+        if untraced:
+            return _run_programs(config, workdir, seeds, traced, untraced, progress, stop)
+        axis = grid.plain(seeds)
+        if traced:
+            points = tuple(config_base.grid_points(traced))
+            axis = grid.RunAxis(tuple(seeds), points, {}, workdir / workdir_io.GRID_DIR)
+        return _run(config, workdir, axis, progress, stop)
+
+
+@contextlib.contextmanager
+def _one_writer(workdir: pathlib.Path):
+    """Holds the workdir's lock for the block (process 0 takes it; every process stops if it
+    cannot)."""
+    lock = workdir_lock.WorkdirLock(workdir)
+    refused = None
+    if distributed.is_writer():
+        try:
+            lock.acquire()
+        except errors.UsageError as e:
+            refused = e
+    if distributed.any_process(refused is not None):
+        raise refused or errors.UsageError(f"{workdir}: in use by another sweep (process 0)")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> dict:
