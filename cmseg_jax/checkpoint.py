@@ -33,6 +33,8 @@ from cmseg_jax.models.convmixerseg import upgrade_legacy_layout
 
 CHECKSUM_KEY = "sha256"
 SIGNATURE_KEY = "arrays"
+# A caller's own JSON text kept with a checkpoint (the sweep: its metrics.jsonl rows so far).
+RECORD_KEY = "record"
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
@@ -111,21 +113,20 @@ class Checkpointer:
         """The last epoch with a checkpoint directory (1-based), or None."""
         return self._manager.latest_step()
 
-    def save(self, epoch: int, state: Any) -> None:
+    def save(self, epoch: int, state: Any, record: str | None = None) -> None:
         """Saves ``state`` (host numpy) as the checkpoint of ``epoch`` and waits until it is on
-        disk, with the checksums of its arrays.
+        disk, with the checksums of its arrays and, if given, ``record`` (any text the caller
+        wants back with this state: :meth:`record`).
 
         Raises:
           IOFailure: the write failed (e.g. the disk is full); the previous checkpoints are kept.
         """
-        digests = tree_digests(state)
+        custom = {CHECKSUM_KEY: tree_digests(state), SIGNATURE_KEY: tree_signature(state)}
+        if record is not None:
+            custom[RECORD_KEY] = record
         try:
             with _quiet_orbax():
-                self._manager.save(
-                    epoch,
-                    args=ocp.args.StandardSave(state),
-                    custom_metadata={CHECKSUM_KEY: digests, SIGNATURE_KEY: tree_signature(state)},
-                )
+                self._manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=custom)
                 self._manager.wait_until_finished()
         except Exception as e:
             raise errors.IOFailure(
@@ -188,6 +189,16 @@ class Checkpointer:
                     f"{path}: content does not match its checksum (array {bad[0]}{more})"
                 )
         return restored
+
+    def record(self, epoch: int) -> str | None:
+        """The ``record`` saved with the checkpoint of ``epoch``; None if it has none."""
+        with _quiet_orbax():
+            try:
+                custom = self._manager.metadata(epoch).custom_metadata or {}
+            except Exception:  # unreadable metadata: restore() has reported the checkpoint
+                return None
+        record = custom.get(RECORD_KEY)
+        return record if isinstance(record, str) else None
 
     def _restore_legacy(self, epoch: int, like: Any) -> Any | None:
         """The checkpoint read as saved and mapped onto ``like``'s layout; None if unreadable.

@@ -422,6 +422,21 @@ def test_truncated_checkpoint_and_torn_jsonl_line_recover(finished, tmp_path):
     assert_same_run(workdir, finished)
 
 
+def test_rows_of_checkpointed_epochs_lost_to_torn_writes_are_restored(finished, tmp_path):
+    workdir = killed_after(finished, tmp_path / "w", 2)  # checkpoint 1 pruned, 2 kept
+    text = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert {json.loads(x)["epoch"] for x in text} == {1, 2, 3}
+    text[1] = text[1][: len(text[1]) // 2] + "\n"  # a row of epoch 1 torn, mid-file
+    del text[10]  # a row of epoch 2 lost
+    (workdir / "metrics.jsonl").write_text("".join(text[:15]))  # and the file cut short
+    proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "after epoch 2" in proc.stderr
+    warning = f"warning: {workdir}/metrics.jsonl: dropped 1 unreadable line(s)"
+    assert warning in proc.stderr and "restored 2 row(s) from the checkpoint" in proc.stderr
+    assert_same_run(workdir, finished)  # metrics.jsonl byte for byte
+
+
 def diskfull_cli(budget: int, pattern: str, *args: str) -> subprocess.CompletedProcess:
     prefix = ["-c", "import tests.diskfull as d; d.main()", str(budget), pattern]
     return cli(SWEEP, *args, prefix=prefix)
