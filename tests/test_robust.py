@@ -158,7 +158,9 @@ class Case:
     code: int
     words: tuple[str, ...]
     setup: Callable | None = None
-    stream: str = "stderr"  # data.check reports data problems on stdout
+    # "stderr": one error line; "report" (data.check): its problem lines on stderr, the summary
+    # on stdout.
+    stream: str = "stderr"
 
 
 SWEEP, REPORT, PREDICT = "cmseg_jax.sweep", "cmseg_jax.report", "cmseg_jax.predict"
@@ -264,7 +266,7 @@ CASES = [
     predict("predict_pruned_epoch", ("--epoch=1",), 2, ("--epoch 1", "kept: 2, 3")),
     predict("predict_unknown_seed", ("--seed=9",), 2, ("seed 9",)),
     predict("predict_bad_crc", ("{tmp}/data/volume-0.nii.gz",), 1, ("corrupt gzip",), bad_crc),
-    # data.check (a data problem is a line of its report, on stdout).
+    # data.check (its problem lines on stderr, the report's summary on stdout).
     Case("check_missing", CHECK, ("{tmp}/nope",), 1, ("nope", "not a directory")),
     Case("check_bad_range", CHECK, ("{good}", "--hu_min=abc"), 2, ("--hu_min", "abc")),
     Case(
@@ -274,7 +276,7 @@ CASES = [
         1,
         ("volume-1.nii.gz: broken symbolic link",),
         broken_symlink,
-        "stdout",
+        "report",
     ),
     Case(
         "check_bad_crc",
@@ -283,7 +285,16 @@ CASES = [
         1,
         ("volume-0.nii.gz: corrupt gzip",),
         bad_crc,
-        "stdout",
+        "report",
+    ),
+    Case(
+        "check_one_volume",
+        CHECK,
+        ("{tmp}/data", "--no-progress"),
+        1,
+        ("data: 1 volume(s) leave the val and test split empty", "at least 3 volumes"),
+        one_volume,
+        "report",
     ),
     # The phantom writer.
     Case("phantom_no_volumes", PHANTOM, ("{tmp}/p", "--num_volumes=0"), 2, ("--num_volumes",)),
@@ -329,14 +340,27 @@ def test_malformed_input_is_one_line(case, tmp_path, good_data, request):
         assert err[0].startswith("error: "), err
         for word in case.words:
             assert word in err[0], (word, err[0])
-    else:  # a report on stdout, nothing on stderr
-        assert not err, err
+    else:  # the problems on stderr, the report's summary on stdout
+        assert err, proc.stdout
         for word in case.words:
-            assert word in proc.stdout, (word, proc.stdout)
+            assert any(word in ln for ln in err), (word, err)
+            assert word not in proc.stdout, (word, proc.stdout)
+        assert "SUMMARY: " in proc.stdout
     # Nothing left behind: no new file or directory, nothing changed.
     assert _tree(tmp_path) == before
     if needs_sweep:
         assert _tree(sweep_dir) == sweep_before
+
+
+def test_data_check_refuses_what_the_sweep_refuses_in_its_words(good_data, tmp_path):
+    one_volume(good_data, tmp_path)
+    data = tmp_path / "data"
+    swept = cli(SWEEP, TINY, W.format(tmp=tmp_path), *(a.format(tmp=tmp_path) for a in LITS))
+    checked = cli(CHECK, str(data), "--no-progress")
+    assert swept.returncode == 1 and checked.returncode == 1, (swept.stderr, checked.stderr)
+    (line,) = [ln for ln in lines(swept.stderr) if ln.startswith("error: ")]
+    assert "at least 3 volumes" in line
+    assert lines(checked.stderr) == [line.removeprefix("error: ")]
 
 
 def test_the_table_is_large_enough():
