@@ -148,6 +148,11 @@ def some_volume(good, tmp):
     shutil.copy(good / "volume-0.nii.gz", tmp / "ct.nii.gz")
 
 
+def a_volume_and_a_file(good, tmp):
+    some_volume(good, tmp)
+    a_file(good, tmp)
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """A malformed command line: ``{tmp}``, ``{data}``, ``{good}``, ``{sweep}`` are filled in."""
@@ -250,10 +255,25 @@ CASES = [
     ),
     sweep("workdir_under_a_file", ("--workdir={tmp}/file/w",), 1, ("not a directory",), a_file),
     sweep("garbage_config_json", (), 1, ("config.json", "unreadable"), garbage_config),
+    sweep(
+        "workdir_in_proc",
+        ("--workdir=/proc/x",),
+        1,
+        ("/proc/x: cannot create the workdir", "/proc takes no new directories"),
+    ),
     # report.
     Case("report_missing", REPORT, ("{tmp}/w", OUT), 1, ("w", "no such directory")),
     Case("report_empty", REPORT, ("{tmp}/w", OUT), 1, ("w", "not a sweep workdir"), empty_dir),
     Case("report_garbage", REPORT, ("{tmp}/w", OUT), 1, ("results.csv", "line 2"), garbage_results),
+    Case("report_a_file", REPORT, ("{tmp}/file", OUT), 1, ("file: not a directory",), a_file),
+    Case(
+        "report_out_a_file",
+        REPORT,
+        ("{sweep}", "--out={tmp}/file"),
+        1,
+        ("file: not a directory", "--out"),
+        a_file,
+    ),
     Case("report_alpha", REPORT, ("{sweep}", OUT, "--alpha=2"), 2, ("--alpha",)),
     Case("report_no_out", REPORT, ("{sweep}",), 2, ("--out",)),
     # predict.
@@ -262,6 +282,14 @@ CASES = [
     ),
     predict("predict_no_input", (), 1, ("ct.nii.gz", "no such file"), None),
     predict("predict_output_name", ("{tmp}/m.png",), 2, ("m.png", ".nii")),
+    Case(
+        "predict_output_under_a_file",
+        PREDICT,
+        ("--workdir={sweep}", "{tmp}/ct.nii.gz", "{tmp}/file/m.nii.gz"),
+        1,
+        ("file: not a directory", "output"),
+        a_volume_and_a_file,
+    ),
     predict("predict_batch_zero", ("--batch_size=0",), 2, ("--batch_size",)),
     predict("predict_pruned_epoch", ("--epoch=1",), 2, ("--epoch 1", "kept: 2, 3")),
     predict("predict_unknown_seed", ("--seed=9",), 2, ("seed 9",)),
@@ -361,6 +389,21 @@ def test_data_check_refuses_what_the_sweep_refuses_in_its_words(good_data, tmp_p
     (line,) = [ln for ln in lines(swept.stderr) if ln.startswith("error: ")]
     assert "at least 3 volumes" in line
     assert lines(checked.stderr) == [line.removeprefix("error: ")]
+
+
+def test_output_paths_are_checked_before_any_work(finished, good_data, tmp_path):
+    a_volume_and_a_file(good_data, tmp_path)
+    proc = cli(PREDICT, f"--workdir={finished}", f"{tmp_path}/ct.nii.gz", f"{tmp_path}/file/m.nii")
+    assert proc.returncode == 1 and "MODEL: " not in proc.stderr, proc.stderr  # no inference
+    assert lines(proc.stderr) == [
+        f"error: {tmp_path}/file: not a directory (output {tmp_path}/file/m.nii)"
+    ]
+    proc = cli(SWEEP, TINY, "--workdir=/proc/x", "--progress=false")
+    assert proc.returncode == 1 and "DATA: " not in proc.stderr, proc.stderr  # no data read
+    assert lines(proc.stderr) == [
+        "error: /proc/x: cannot create the workdir: /proc takes no new directories "
+        "(a virtual file system?)"
+    ]
 
 
 def test_the_table_is_large_enough():

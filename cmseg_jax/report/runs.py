@@ -142,7 +142,8 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
     """
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
-        raise errors.IOFailure(f"{workdir}: no such directory")
+        what = "not a directory" if workdir.exists() else "no such directory"
+        raise errors.IOFailure(f"{workdir}: {what}")
     notes: list[str] = []
     info = _read_noted(workdir_io.read_run_info, workdir_io.RUN_INFO, notes, workdir) or {}
     config, config_seeds = _read_config(workdir, notes)

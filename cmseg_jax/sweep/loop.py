@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -380,13 +379,7 @@ def _warn(line: str) -> None:
 
 def _check_writable(workdir: pathlib.Path) -> None:
     """Fails early (before the data are read) if ``workdir`` cannot be created or written."""
-    existing = workdir.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise errors.IOFailure(f"{existing}: not a directory (--workdir={workdir})")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise errors.IOFailure(f"{existing}: not writable (--workdir={workdir})")
+    io_utils.check_creatable(workdir, f"--workdir={workdir}", directory=True)
 
 
 def _resume(ckpt, interrupted, like, workdir: pathlib.Path, extra_dirs=()):
