@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import errno
 import functools
+import os
 import signal
 import sys
 import threading
@@ -139,11 +140,49 @@ def report(exc: BaseException, debug: bool = False) -> int:
     return code
 
 
+# How many command bodies (cli(), run_main()) are running: a SIGTERM outside them is one of
+# start-up (imports, flag parsing), where nothing has been written yet.
+_BODIES = 0
+
+
+def _sigterm_at_startup(signum, frame) -> None:
+    del frame
+    if _BODIES:
+        raise Interrupted(signum, "stopped")
+    name = signal.Signals(signum).name
+    print(f"interrupted ({name}): while starting up; nothing was written", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(128 + signum)  # an import may be half done: nothing to unwind, nothing to save
+
+
+def handle_sigterm_from_startup() -> None:
+    """Makes SIGTERM one line and exit status 143 from the first import of the package on,
+    instead of a silent death by signal (-15): during start-up it ends the process at once,
+    inside a command's body it raises :class:`Interrupted` (the sweep's :class:`StopSignals`
+    takes over for its run). Called by ``cmseg_jax/__init__.py`` for the package's own
+    commands only; a library user's handlers are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_at_startup)
+
+
+@contextlib.contextmanager
+def _body() -> Iterator[None]:
+    global _BODIES
+    _BODIES += 1
+    try:
+        yield
+    finally:
+        _BODIES -= 1
+
+
 @contextlib.contextmanager
 def cli(debug: bool = False) -> Iterator[None]:
     """Runs a command's body: an expected failure becomes one line and ``sys.exit(status)``."""
     try:
-        yield
+        with _body():
+            yield
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 -- describe() sorts expected from unexpected
@@ -170,7 +209,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_main(body, args) -> int:
     """``body(args)`` with expected failures as one line; returns the exit status."""
     try:
-        return body(args) or 0
+        with _body():
+            return body(args) or 0
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 -- describe() sorts expected from unexpected

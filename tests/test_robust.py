@@ -406,6 +406,17 @@ def test_output_paths_are_checked_before_any_work(finished, good_data, tmp_path)
     ]
 
 
+def test_sigterm_during_the_imports_is_one_line(tmp_path):
+    args = [sys.executable, "-m", SWEEP, TINY, f"--workdir={tmp_path}/w", "--progress=false"]
+    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing JAX and the package takes seconds
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert lines(stderr) == ["interrupted (SIGTERM): while starting up; nothing was written"]
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_table_is_large_enough():
     assert len(CASES) >= 30
     assert {c.module for c in CASES} == {SWEEP, REPORT, PREDICT, CHECK, PHANTOM, TFDS}
