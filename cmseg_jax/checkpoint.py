@@ -124,15 +124,18 @@ class Checkpointer:
         custom = {CHECKSUM_KEY: tree_digests(state), SIGNATURE_KEY: tree_signature(state)}
         if record is not None:
             custom[RECORD_KEY] = record
+        free = _free_bytes(self.directory)  # for the message of a full disk
         try:
             with _quiet_orbax():
                 self._manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=custom)
                 self._manager.wait_until_finished()
         except Exception as e:
+            reason = errors.os_reason(e)
+            if errors.disk_full(e):
+                reason = f"{reason}: {_space_needed(state, free)}"
             raise errors.IOFailure(
-                f"{self.directory / str(epoch)}: could not write the checkpoint "
-                f"({errors.os_reason(e)}); the earlier checkpoints are kept, rerun the same "
-                "command to resume from the last one"
+                f"{self.directory / str(epoch)}: could not write the checkpoint ({reason}); the "
+                "earlier checkpoints are kept, rerun the same command to resume from the last one"
             ) from e
 
     def restore(self, epoch: int, like: Any) -> Any:
@@ -261,6 +264,30 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _free_bytes(directory: pathlib.Path) -> int | None:
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _space_needed(state: Any, free: int | None) -> str:
+    """How much a checkpoint of ``state`` takes next to what was free when its save began."""
+    need = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+    had = "free space unknown" if free is None else f"{_size(free)} were free"
+    return f"a checkpoint takes about {_size(need)}, {had}"
 
 
 def _fill_like(like: Any, raw: Any) -> Any:

@@ -5,9 +5,11 @@
   no traceback and nothing left behind.
 * Recovery of a tiny sweep (``configs/cam_beta.py:tiny``, 2 seeds, 3 epochs, 2 steps per compiled
   call) from a flipped-byte, truncated or stray checkpoint, a torn ``metrics.jsonl`` line, orphan
-  temporary files, a full disk (a write wrapper raising ENOSPC, :mod:`tests.diskfull`) during the
-  ``metrics.jsonl`` append and during a checkpoint, SIGTERM, SIGINT and a stop in mid-epoch: each
-  resumed run ends bit-identical to the uninterrupted one.
+  temporary files, a full disk (a write wrapper raising ENOSPC, :mod:`tests.diskfull`, and a small
+  tmpfs where one can be mounted) during the ``metrics.jsonl`` append, the TensorBoard events and
+  a checkpoint, SIGTERM, SIGINT and a stop in mid-epoch: each resumed run ends bit-identical to the
+  uninterrupted one, and each failure is one line.
+* One writer per workdir: two sweeps on one workdir, a held lock, a killed holder.
 """
 
 from __future__ import annotations
@@ -542,6 +544,73 @@ def test_disk_full_during_the_jsonl_append_and_a_checkpoint(finished, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "after epoch 2" in proc.stderr
     assert_same_run(workdir, finished)
+
+
+def _one_error(proc: subprocess.CompletedProcess) -> str:
+    """The one line a failed run says besides its progress lines."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    said = [
+        ln for ln in lines(proc.stderr) if not ln.startswith(("DATA: ", "LAYOUT: ", "RESUME: "))
+    ]
+    assert len(said) == 1 and said[0].startswith("error: "), said
+    return said[0]
+
+
+def test_disk_full_in_the_tensorboard_writer_thread_is_one_line(finished, tmp_path):
+    workdir = tmp_path / "w"
+    # tensorboardX writes its events from a thread: the budget runs out there, not in the sweep.
+    proc = diskfull_cli(300, r"/tensorboard/", *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 1, proc.stderr
+    line = _one_error(proc)
+    assert line.startswith(f"error: {workdir}/tensorboard/seed_0"), line
+    assert "could not write the TensorBoard events" in line and "No space left on device" in line
+    proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(workdir, finished)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mount of a given size (``small_disk(size)``, remountable); skipped where this
+    process may not mount one (not root, or no CAP_SYS_ADMIN in a container)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def sized(size: str) -> pathlib.Path:
+        opts = f"size={size}" + (",remount" if os.path.ismount(mount) else "")
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+        return mount
+
+    yield sized
+    if os.path.ismount(mount):
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_wherever_it_fills(finished, small_disk):
+    # Sizes at which this run's workdir fills in the TensorBoard events, the first checkpoint
+    # and the second one (where Orbax's threads and tensorboardX's atexit used to print
+    # hundreds of lines of tracebacks around the error).
+    where = {"12k": "/tensorboard/seed_00: ", "40k": "/checkpoints/1: ", "240k": "/checkpoints/2: "}
+    for size, path in where.items():
+        disk = small_disk(size)
+        shutil.rmtree(disk / "w", ignore_errors=True)
+        proc = cli(SWEEP, *RUN, f"--workdir={disk}/w")
+        assert proc.returncode == 1, proc.stderr
+        line = _one_error(proc)
+        assert line.startswith(f"error: {disk}/w{path}") and "No space left on device" in line
+        if "checkpoints" in path:  # how much was needed, and what was free
+            assert "a checkpoint takes about " in line and " were free" in line, line
+    disk = small_disk("16m")  # the disk grows: the same command resumes and finishes
+    proc = cli(SWEEP, *RUN, f"--workdir={disk}/w")
+    assert proc.returncode == 0, proc.stderr
+    assert "after epoch 1" in proc.stderr
+    assert_same_run(disk / "w", finished)
 
 
 def test_sigterm_checkpoints_and_resumes_bit_identically(finished, tmp_path):
