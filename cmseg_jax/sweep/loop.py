@@ -171,10 +171,10 @@ def _one_writer(workdir: pathlib.Path):
     if distributed.is_writer():
         try:
             lock.acquire()
-        except errors.UsageError as e:
+        except (errors.UsageError, errors.IOFailure, OSError) as e:  # the others must stop too
             refused = e
     if distributed.any_process(refused is not None):
-        raise refused or errors.UsageError(f"{workdir}: in use by another sweep (process 0)")
+        raise refused or errors.UsageError(f"{workdir}: process 0 could not lock it")
     try:
         yield
     finally:
