@@ -33,6 +33,8 @@ from cmseg_jax.models.convmixerseg import upgrade_legacy_layout
 
 CHECKSUM_KEY = "sha256"
 SIGNATURE_KEY = "arrays"
+# A caller's own JSON text kept with a checkpoint (the sweep: its metrics.jsonl rows so far).
+RECORD_KEY = "record"
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
@@ -111,27 +113,29 @@ class Checkpointer:
         """The last epoch with a checkpoint directory (1-based), or None."""
         return self._manager.latest_step()
 
-    def save(self, epoch: int, state: Any) -> None:
+    def save(self, epoch: int, state: Any, record: str | None = None) -> None:
         """Saves ``state`` (host numpy) as the checkpoint of ``epoch`` and waits until it is on
-        disk, with the checksums of its arrays.
+        disk, with the checksums of its arrays and, if given, ``record`` (any text the caller
+        wants back with this state: :meth:`record`).
 
         Raises:
           IOFailure: the write failed (e.g. the disk is full); the previous checkpoints are kept.
         """
-        digests = tree_digests(state)
+        custom = {CHECKSUM_KEY: tree_digests(state), SIGNATURE_KEY: tree_signature(state)}
+        if record is not None:
+            custom[RECORD_KEY] = record
+        free = _free_bytes(self.directory)  # for the message of a full disk
         try:
             with _quiet_orbax():
-                self._manager.save(
-                    epoch,
-                    args=ocp.args.StandardSave(state),
-                    custom_metadata={CHECKSUM_KEY: digests, SIGNATURE_KEY: tree_signature(state)},
-                )
+                self._manager.save(epoch, args=ocp.args.StandardSave(state), custom_metadata=custom)
                 self._manager.wait_until_finished()
         except Exception as e:
+            reason = errors.os_reason(e)
+            if errors.disk_full(e):
+                reason = f"{reason}: {_space_needed(state, free)}"
             raise errors.IOFailure(
-                f"{self.directory / str(epoch)}: could not write the checkpoint "
-                f"({errors.os_reason(e)}); the earlier checkpoints are kept, rerun the same "
-                "command to resume from the last one"
+                f"{self.directory / str(epoch)}: could not write the checkpoint ({reason}); the "
+                "earlier checkpoints are kept, rerun the same command to resume from the last one"
             ) from e
 
     def restore(self, epoch: int, like: Any) -> Any:
@@ -188,6 +192,16 @@ class Checkpointer:
                     f"{path}: content does not match its checksum (array {bad[0]}{more})"
                 )
         return restored
+
+    def record(self, epoch: int) -> str | None:
+        """The ``record`` saved with the checkpoint of ``epoch``; None if it has none."""
+        with _quiet_orbax():
+            try:
+                custom = self._manager.metadata(epoch).custom_metadata or {}
+            except Exception:  # unreadable metadata: restore() has reported the checkpoint
+                return None
+        record = custom.get(RECORD_KEY)
+        return record if isinstance(record, str) else None
 
     def _restore_legacy(self, epoch: int, like: Any) -> Any | None:
         """The checkpoint read as saved and mapped onto ``like``'s layout; None if unreadable.
@@ -250,6 +264,30 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _free_bytes(directory: pathlib.Path) -> int | None:
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _space_needed(state: Any, free: int | None) -> str:
+    """How much a checkpoint of ``state`` takes next to what was free when its save began."""
+    need = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+    had = "free space unknown" if free is None else f"{_size(free)} were free"
+    return f"a checkpoint takes about {_size(need)}, {had}"
 
 
 def _fill_like(like: Any, raw: Any) -> Any:

@@ -17,6 +17,8 @@ import argparse
 import contextlib
 import errno
 import functools
+import logging
+import os
 import signal
 import sys
 import threading
@@ -125,13 +127,76 @@ def describe(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
+# Set once a command has reported its failure in its one line: it is about to exit, and what
+# background threads or atexit handlers say after that (a full disk again) is noise.
+_REPORTED = False
+
+
+def _late_noise(exc: BaseException | None) -> bool:
+    """Whether a background thread's or a callback's exception says nothing of its own: the
+    late completions of an Orbax save whose event loop is gone (after the save failed and was
+    reported), or anything once the command has reported its failure."""
+    if _REPORTED:
+        return True
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+_THREAD_FAILURES: list[BaseException] = []
+
+
+def thread_failure() -> BaseException | None:
+    """The last full-disk error that ended a background thread (a writer thread whose owner
+    checks on it), once :func:`quiet_background_noise` is installed; else None."""
+    return _THREAD_FAILURES[-1] if _THREAD_FAILURES else None
+
+
+def quiet_background_noise() -> None:
+    """Drops :func:`_late_noise` from ``sys.unraisablehook`` and ``threading.excepthook``
+    (every other exception there still prints), and keeps a full disk that ends a thread for
+    :func:`thread_failure` instead of printing it; installed once by each command's body.
+
+    A full disk in mid-save fails Orbax's write with one exception, which the command reports
+    in one line; the tensorstore writes still in flight then complete onto the save's closed
+    event loop, each printing "Event loop is closed", and at exit tensorboardX's atexit
+    handlers retry their flush onto the full disk; asyncio logs the failed writes' futures as
+    never retrieved. None of it can be drained from outside those libraries, so it is silenced
+    here.
+    """
+    if getattr(sys.unraisablehook, "_cmseg_quiet", False):
+        return
+    unraisable, thread = sys.unraisablehook, threading.excepthook
+
+    def quiet_unraisable(info) -> None:
+        if not _late_noise(info.exc_value):
+            unraisable(info)
+
+    def quiet_thread(args) -> None:
+        if disk_full(args.exc_value):  # the thread's owner reports it (thread_failure())
+            _THREAD_FAILURES.append(args.exc_value)
+        elif not _late_noise(args.exc_value):
+            thread(args)
+
+    quiet_unraisable._cmseg_quiet = True
+    sys.unraisablehook, threading.excepthook = quiet_unraisable, quiet_thread
+    logging.getLogger("asyncio").addFilter(_quiet_asyncio)
+
+
+def _quiet_asyncio(record: logging.LogRecord) -> bool:
+    """asyncio's "Future exception was never retrieved" of the writes of a failed save: the
+    failure itself reaches the command (a full disk), which reports it."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_late_noise(exc) or (exc is not None and disk_full(exc)))
+
+
 def report(exc: BaseException, debug: bool = False) -> int:
     """Prints ``exc`` as one line on stderr (with its traceback first if ``debug``); returns the
     exit status. Re-raises an exception that :func:`describe` does not recognise."""
+    global _REPORTED
     described = describe(exc)
     if described is None:
         raise exc
     code, line = described
+    _REPORTED = not debug  # --debug shows everything
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     prefix = "" if line.startswith("interrupted") else "error: "
@@ -139,11 +204,50 @@ def report(exc: BaseException, debug: bool = False) -> int:
     return code
 
 
+# How many command bodies (cli(), run_main()) are running: a SIGTERM outside them is one of
+# start-up (imports, flag parsing), where nothing has been written yet.
+_BODIES = 0
+
+
+def _sigterm_at_startup(signum, frame) -> None:
+    del frame
+    if _BODIES:
+        raise Interrupted(signum, "stopped")
+    name = signal.Signals(signum).name
+    print(f"interrupted ({name}): while starting up; nothing was written", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(128 + signum)  # an import may be half done: nothing to unwind, nothing to save
+
+
+def handle_sigterm_from_startup() -> None:
+    """Makes SIGTERM one line and exit status 143 from the first import of the package on,
+    instead of a silent death by signal (-15): during start-up it ends the process at once,
+    inside a command's body it raises :class:`Interrupted` (the sweep's :class:`StopSignals`
+    takes over for its run). Called by ``cmseg_jax/__init__.py`` for the package's own
+    commands only; a library user's handlers are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_at_startup)
+
+
+@contextlib.contextmanager
+def _body() -> Iterator[None]:
+    global _BODIES
+    quiet_background_noise()
+    _BODIES += 1
+    try:
+        yield
+    finally:
+        _BODIES -= 1
+
+
 @contextlib.contextmanager
 def cli(debug: bool = False) -> Iterator[None]:
     """Runs a command's body: an expected failure becomes one line and ``sys.exit(status)``."""
     try:
-        yield
+        with _body():
+            yield
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 -- describe() sorts expected from unexpected
@@ -170,7 +274,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_main(body, args) -> int:
     """``body(args)`` with expected failures as one line; returns the exit status."""
     try:
-        return body(args) or 0
+        with _body():
+            return body(args) or 0
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 -- describe() sorts expected from unexpected

@@ -123,6 +123,34 @@ def write_npz(path: str | pathlib.Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(f, **arrays)
 
 
+def check_creatable(path: str | pathlib.Path, flag: str, directory: bool = False) -> None:
+    """Fails early, before any heavy work, if ``path`` cannot be written: the nearest existing
+    ancestor must be a writable directory, and ``path`` itself, if it exists, a directory when
+    ``directory`` (else not one).
+
+    Args:
+      path: the output file or directory.
+      flag: how the user named it, for the message (``--workdir=runs/x``, ``output m.nii.gz``).
+      directory: whether ``path`` is to be a directory.
+
+    Raises:
+      IOFailure: naming the path that is in the way and ``flag``.
+    """
+    from cmseg_jax.errors import IOFailure  # errors imports nothing from here
+
+    path = pathlib.Path(path)
+    if path.exists() and path.is_dir() != directory:
+        what = "not a directory" if directory else "a directory"
+        raise IOFailure(f"{path}: {what} ({flag})")
+    existing = path.absolute().parent if not path.exists() else path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IOFailure(f"{existing}: not a directory ({flag})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise IOFailure(f"{existing}: not writable ({flag})")
+
+
 def default_cache_root() -> pathlib.Path:
     """Where cmseg_jax caches data: ``$CMSEG_CACHE`` if set (``~`` expanded), else
     ``~/.cache/cmseg_jax``."""

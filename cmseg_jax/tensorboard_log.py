@@ -31,10 +31,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cmseg_jax import errors
 from cmseg_jax.data.dataset import SPLITS
 from cmseg_jax.results import RESULT_METRICS
 
 SUBDIR = "tensorboard"
+_QUEUE = 1 << 20
 STAT_RUNS = ("mean", "std", "min", "max")
 
 
@@ -87,10 +89,30 @@ class EpochBoard:
                 warnings.simplefilter("ignore")
                 from tensorboardX import SummaryWriter
 
+            # A queue that never fills: a put on a full one would wait for ever on an event
+            # thread that died (a full disk), so the thread is checked instead (_check_thread).
             self._writers[run] = SummaryWriter(
-                str(self.directory / run), purge_step=self.first_epoch, flush_secs=30
+                str(self.directory / run),
+                purge_step=self.first_epoch,
+                flush_secs=30,
+                max_queue=_QUEUE,
             )
         return self._writers[run]
+
+    def _check_thread(self, run: str) -> None:
+        """Raises if the event-writing thread of ``run`` died (its write failed): the events
+        it had are lost, and tensorboardX's own close at exit would wait on it for ever."""
+        event_writer = getattr(self._writers[run].file_writer, "event_writer", None)
+        thread = getattr(event_writer, "_worker", None)
+        if thread is None or thread.is_alive():
+            return
+        event_writer._closed = True  # nothing left to flush or stop
+        del self._writers[run]
+        cause = errors.thread_failure()
+        reason = errors.os_reason(cause) if cause is not None else "its writer thread stopped"
+        raise errors.IOFailure(
+            f"{self.directory / run}: could not write the TensorBoard events ({reason})"
+        )
 
     def write(self, rows: Sequence[dict]) -> None:
         """Logs one epoch's ``metrics.jsonl`` rows and flushes them to disk."""
@@ -98,15 +120,22 @@ class EpochBoard:
             return
         epoch = int(rows[0]["epoch"])
         for run, scalars in epoch_scalars(rows).items():
-            writer = self._writer(run)
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, global_step=epoch)
-            writer.flush()
+            try:
+                writer = self._writer(run)
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, global_step=epoch)
+                writer.flush()
+                self._check_thread(run)
+            except OSError as e:  # tensorboardX's errors name no file (a full disk)
+                raise errors.IOFailure(
+                    f"{self.directory / run}: could not write the TensorBoard events "
+                    f"({errors.os_reason(e)})"
+                ) from e
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        for run in list(self._writers):
+            self._check_thread(run)
+            self._writers.pop(run).close()
 
 
 def read_scalars(logdir: str | pathlib.Path) -> dict[str, dict[str, list[tuple[int, float]]]]:

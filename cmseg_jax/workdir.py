@@ -37,6 +37,8 @@ FINAL_STATS = "final_stats.npz"
 EXAMPLES = "examples.npz"
 RUN_INFO = "run.json"
 SUMMARY = "summary.md"
+# Held (flock) by the sweep writing the workdir; names its holder (cmseg_jax/workdir_lock.py).
+LOCK = "lock"
 # Evaluation variant -> suffix of its ``results{suffix}.csv`` / ``final_stats{suffix}.npz``.
 VARIANTS = {"default": "", "no_smoothing": "_no_smoothing"}
 RESULTS_COLUMNS = ("seed", "split", "metric", "value")
@@ -162,6 +164,29 @@ def truncate_metrics(workdir: PathLike, last_epoch: int) -> None:
         )
     kept = [line for line, row in lines if row["epoch"] <= last_epoch]
     io_utils.write_text(path, "".join(line + "\n" for line in kept))
+
+
+def rewrite_metrics(workdir: PathLike, rows: Sequence[dict]) -> str | None:
+    """Rewrites ``metrics.jsonl`` to exactly ``rows`` (those of the epochs a resume starts from,
+    kept with their checkpoint), so that a row lost to a torn or cut write is written again.
+
+    Returns:
+      A one-line note naming the file when it did not already hold these rows of their epochs
+      (unreadable lines dropped, rows restored); None when it did.
+    """
+    path = pathlib.Path(workdir) / METRICS
+    lines, bad = _parse_metrics(path) if path.exists() else ([], 0)
+    new = [json.dumps(row) for row in rows]
+    last = max((int(row["epoch"]) for row in rows), default=0)
+    old = [line for line, row in lines if row["epoch"] <= last]
+    io_utils.write_text(path, "".join(line + "\n" for line in new))
+    if not bad and old == new:
+        return None
+    restored = len(set(new) - set(old))
+    return (
+        f"{path}: dropped {bad} unreadable line(s) (a write cut short), restored {restored} "
+        "row(s) from the checkpoint"
+    )
 
 
 def remove_metrics(workdir: PathLike) -> None:

@@ -44,22 +44,22 @@ def _case(d, n, hu=None, labels=None, seg_affine=None, seg=True):
 
 
 def _run(d, *args):
-    out = io.StringIO()
-    layout, reports, summary = check.check_directory(d, *args, out=out)
+    out = io.StringIO()  # the report and its problem lines, in order
+    layout, reports, summary = check.check_directory(d, *args, out=out, problems=out)
     return out.getvalue().splitlines(), layout, reports, summary
 
 
 def test_clean_phantom_dataset_passes(tmp_path):
-    phantom.write_phantom_dataset(tmp_path, num_volumes=2, shape=(32, 32, 12), seed=0)
+    phantom.write_phantom_dataset(tmp_path, num_volumes=3, shape=(32, 32, 12), seed=0)
     lines, layout, reports, summary = _run(tmp_path)
     assert check.num_errors(layout, reports) == 0
-    assert [r.ok for r in reports] == [True, True]
+    assert [r.ok for r in reports] == [True, True, True]
     assert all(r.axcodes == "LPS" for r in reports)
     info = [ln for ln in lines if ln.startswith("volume-")]
-    assert len(info) == 2
+    assert len(info) == 3
     assert "orientation LPS" in info[0] and "spacing" in info[0] and "slices" in info[0]
-    assert "SUMMARY: 2 volumes: 2 cases ok, 0 with errors" in summary
-    assert "orientations: LPS x2" in summary
+    assert "SUMMARY: 3 volumes: 3 cases ok, 0 with errors" in summary
+    assert "orientations: LPS x3" in summary
     assert check.main([str(tmp_path), "--no-progress"]) == 0
 
 
@@ -129,7 +129,7 @@ def test_reports_orientation_and_canonical_spacing(tmp_path, name, axcodes, shap
 def test_oblique_affine_is_a_warning(tmp_path):
     nv.write_variant(nv.phantom_reference(), "oblique_10deg", tmp_path)
     lines, layout, reports, _ = _run(tmp_path)
-    assert check.num_errors(layout, reports) == 0
+    assert reports[0].ok and not reports[0].errors
     assert any("warning: oblique affine (10.0 degrees" in ln for ln in lines)
 
 
@@ -148,5 +148,22 @@ def test_cli_module(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 1, proc.stderr
-    assert f"{tmp_path}/volume-1.nii: no segmentation-1.nii[.gz] for this volume" in proc.stdout
-    assert "SUMMARY: 2 volumes: 1 cases ok" in proc.stdout
+    problem = f"{tmp_path}/volume-1.nii: no segmentation-1.nii[.gz] for this volume"
+    assert problem in proc.stderr.splitlines() and problem not in proc.stdout  # problems: stderr
+    assert "SUMMARY: 2 volumes: 1 cases ok" in proc.stdout  # the report: stdout
+
+
+def test_too_few_volumes_are_refused_as_the_loader_refuses_them(tmp_path):
+    from cmseg_jax.data import lits
+    from cmseg_jax.data.nifti import DataError
+
+    _case(tmp_path, 0)
+    _case(tmp_path, 1)
+    lines, layout, reports, summary = _run(tmp_path)
+    assert all(r.ok for r in reports)
+    with pytest.raises(DataError) as refused:
+        lits.load_splits(tmp_path, image_size=8, liver_slices=1, background_slices=1)
+    assert layout.errors == [str(refused.value)]
+    assert "2 volume(s) leave the test split empty; at least 3 volumes" in layout.errors[0]
+    assert check.num_errors(layout, reports) == 1 and "1 errors" in summary
+    assert check.main([str(tmp_path), "--no-progress"]) == 1

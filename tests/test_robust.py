@@ -5,9 +5,11 @@
   no traceback and nothing left behind.
 * Recovery of a tiny sweep (``configs/cam_beta.py:tiny``, 2 seeds, 3 epochs, 2 steps per compiled
   call) from a flipped-byte, truncated or stray checkpoint, a torn ``metrics.jsonl`` line, orphan
-  temporary files, a full disk (a write wrapper raising ENOSPC, :mod:`tests.diskfull`) during the
-  ``metrics.jsonl`` append and during a checkpoint, SIGTERM, SIGINT and a stop in mid-epoch: each
-  resumed run ends bit-identical to the uninterrupted one.
+  temporary files, a full disk (a write wrapper raising ENOSPC, :mod:`tests.diskfull`, and a small
+  tmpfs where one can be mounted) during the ``metrics.jsonl`` append, the TensorBoard events and
+  a checkpoint, SIGTERM, SIGINT and a stop in mid-epoch: each resumed run ends bit-identical to the
+  uninterrupted one, and each failure is one line.
+* One writer per workdir: two sweeps on one workdir, a held lock, a killed holder.
 """
 
 from __future__ import annotations
@@ -148,6 +150,11 @@ def some_volume(good, tmp):
     shutil.copy(good / "volume-0.nii.gz", tmp / "ct.nii.gz")
 
 
+def a_volume_and_a_file(good, tmp):
+    some_volume(good, tmp)
+    a_file(good, tmp)
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """A malformed command line: ``{tmp}``, ``{data}``, ``{good}``, ``{sweep}`` are filled in."""
@@ -158,7 +165,9 @@ class Case:
     code: int
     words: tuple[str, ...]
     setup: Callable | None = None
-    stream: str = "stderr"  # data.check reports data problems on stdout
+    # "stderr": one error line; "report" (data.check): its problem lines on stderr, the summary
+    # on stdout.
+    stream: str = "stderr"
 
 
 SWEEP, REPORT, PREDICT = "cmseg_jax.sweep", "cmseg_jax.report", "cmseg_jax.predict"
@@ -248,10 +257,25 @@ CASES = [
     ),
     sweep("workdir_under_a_file", ("--workdir={tmp}/file/w",), 1, ("not a directory",), a_file),
     sweep("garbage_config_json", (), 1, ("config.json", "unreadable"), garbage_config),
+    sweep(
+        "workdir_in_proc",
+        ("--workdir=/proc/x",),
+        1,
+        ("/proc/x: cannot create the workdir", "/proc takes no new directories"),
+    ),
     # report.
     Case("report_missing", REPORT, ("{tmp}/w", OUT), 1, ("w", "no such directory")),
     Case("report_empty", REPORT, ("{tmp}/w", OUT), 1, ("w", "not a sweep workdir"), empty_dir),
     Case("report_garbage", REPORT, ("{tmp}/w", OUT), 1, ("results.csv", "line 2"), garbage_results),
+    Case("report_a_file", REPORT, ("{tmp}/file", OUT), 1, ("file: not a directory",), a_file),
+    Case(
+        "report_out_a_file",
+        REPORT,
+        ("{sweep}", "--out={tmp}/file"),
+        1,
+        ("file: not a directory", "--out"),
+        a_file,
+    ),
     Case("report_alpha", REPORT, ("{sweep}", OUT, "--alpha=2"), 2, ("--alpha",)),
     Case("report_no_out", REPORT, ("{sweep}",), 2, ("--out",)),
     # predict.
@@ -260,11 +284,19 @@ CASES = [
     ),
     predict("predict_no_input", (), 1, ("ct.nii.gz", "no such file"), None),
     predict("predict_output_name", ("{tmp}/m.png",), 2, ("m.png", ".nii")),
+    Case(
+        "predict_output_under_a_file",
+        PREDICT,
+        ("--workdir={sweep}", "{tmp}/ct.nii.gz", "{tmp}/file/m.nii.gz"),
+        1,
+        ("file: not a directory", "output"),
+        a_volume_and_a_file,
+    ),
     predict("predict_batch_zero", ("--batch_size=0",), 2, ("--batch_size",)),
     predict("predict_pruned_epoch", ("--epoch=1",), 2, ("--epoch 1", "kept: 2, 3")),
     predict("predict_unknown_seed", ("--seed=9",), 2, ("seed 9",)),
     predict("predict_bad_crc", ("{tmp}/data/volume-0.nii.gz",), 1, ("corrupt gzip",), bad_crc),
-    # data.check (a data problem is a line of its report, on stdout).
+    # data.check (its problem lines on stderr, the report's summary on stdout).
     Case("check_missing", CHECK, ("{tmp}/nope",), 1, ("nope", "not a directory")),
     Case("check_bad_range", CHECK, ("{good}", "--hu_min=abc"), 2, ("--hu_min", "abc")),
     Case(
@@ -274,7 +306,7 @@ CASES = [
         1,
         ("volume-1.nii.gz: broken symbolic link",),
         broken_symlink,
-        "stdout",
+        "report",
     ),
     Case(
         "check_bad_crc",
@@ -283,7 +315,16 @@ CASES = [
         1,
         ("volume-0.nii.gz: corrupt gzip",),
         bad_crc,
-        "stdout",
+        "report",
+    ),
+    Case(
+        "check_one_volume",
+        CHECK,
+        ("{tmp}/data", "--no-progress"),
+        1,
+        ("data: 1 volume(s) leave the val and test split empty", "at least 3 volumes"),
+        one_volume,
+        "report",
     ),
     # The phantom writer.
     Case("phantom_no_volumes", PHANTOM, ("{tmp}/p", "--num_volumes=0"), 2, ("--num_volumes",)),
@@ -329,14 +370,53 @@ def test_malformed_input_is_one_line(case, tmp_path, good_data, request):
         assert err[0].startswith("error: "), err
         for word in case.words:
             assert word in err[0], (word, err[0])
-    else:  # a report on stdout, nothing on stderr
-        assert not err, err
+    else:  # the problems on stderr, the report's summary on stdout
+        assert err, proc.stdout
         for word in case.words:
-            assert word in proc.stdout, (word, proc.stdout)
+            assert any(word in ln for ln in err), (word, err)
+            assert word not in proc.stdout, (word, proc.stdout)
+        assert "SUMMARY: " in proc.stdout
     # Nothing left behind: no new file or directory, nothing changed.
     assert _tree(tmp_path) == before
     if needs_sweep:
         assert _tree(sweep_dir) == sweep_before
+
+
+def test_data_check_refuses_what_the_sweep_refuses_in_its_words(good_data, tmp_path):
+    one_volume(good_data, tmp_path)
+    data = tmp_path / "data"
+    swept = cli(SWEEP, TINY, W.format(tmp=tmp_path), *(a.format(tmp=tmp_path) for a in LITS))
+    checked = cli(CHECK, str(data), "--no-progress")
+    assert swept.returncode == 1 and checked.returncode == 1, (swept.stderr, checked.stderr)
+    (line,) = [ln for ln in lines(swept.stderr) if ln.startswith("error: ")]
+    assert "at least 3 volumes" in line
+    assert lines(checked.stderr) == [line.removeprefix("error: ")]
+
+
+def test_output_paths_are_checked_before_any_work(finished, good_data, tmp_path):
+    a_volume_and_a_file(good_data, tmp_path)
+    proc = cli(PREDICT, f"--workdir={finished}", f"{tmp_path}/ct.nii.gz", f"{tmp_path}/file/m.nii")
+    assert proc.returncode == 1 and "MODEL: " not in proc.stderr, proc.stderr  # no inference
+    assert lines(proc.stderr) == [
+        f"error: {tmp_path}/file: not a directory (output {tmp_path}/file/m.nii)"
+    ]
+    proc = cli(SWEEP, TINY, "--workdir=/proc/x", "--progress=false")
+    assert proc.returncode == 1 and "DATA: " not in proc.stderr, proc.stderr  # no data read
+    assert lines(proc.stderr) == [
+        "error: /proc/x: cannot create the workdir: /proc takes no new directories "
+        "(a virtual file system?)"
+    ]
+
+
+def test_sigterm_during_the_imports_is_one_line(tmp_path):
+    args = [sys.executable, "-m", SWEEP, TINY, f"--workdir={tmp_path}/w", "--progress=false"]
+    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing JAX and the package takes seconds
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert lines(stderr) == ["interrupted (SIGTERM): while starting up; nothing was written"]
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_table_is_large_enough():
@@ -422,6 +502,21 @@ def test_truncated_checkpoint_and_torn_jsonl_line_recover(finished, tmp_path):
     assert_same_run(workdir, finished)
 
 
+def test_rows_of_checkpointed_epochs_lost_to_torn_writes_are_restored(finished, tmp_path):
+    workdir = killed_after(finished, tmp_path / "w", 2)  # checkpoint 1 pruned, 2 kept
+    text = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert {json.loads(x)["epoch"] for x in text} == {1, 2, 3}
+    text[1] = text[1][: len(text[1]) // 2] + "\n"  # a row of epoch 1 torn, mid-file
+    del text[10]  # a row of epoch 2 lost
+    (workdir / "metrics.jsonl").write_text("".join(text[:15]))  # and the file cut short
+    proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "after epoch 2" in proc.stderr
+    warning = f"warning: {workdir}/metrics.jsonl: dropped 1 unreadable line(s)"
+    assert warning in proc.stderr and "restored 2 row(s) from the checkpoint" in proc.stderr
+    assert_same_run(workdir, finished)  # metrics.jsonl byte for byte
+
+
 def diskfull_cli(budget: int, pattern: str, *args: str) -> subprocess.CompletedProcess:
     prefix = ["-c", "import tests.diskfull as d; d.main()", str(budget), pattern]
     return cli(SWEEP, *args, prefix=prefix)
@@ -449,6 +544,73 @@ def test_disk_full_during_the_jsonl_append_and_a_checkpoint(finished, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "after epoch 2" in proc.stderr
     assert_same_run(workdir, finished)
+
+
+def _one_error(proc: subprocess.CompletedProcess) -> str:
+    """The one line a failed run says besides its progress lines."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    said = [
+        ln for ln in lines(proc.stderr) if not ln.startswith(("DATA: ", "LAYOUT: ", "RESUME: "))
+    ]
+    assert len(said) == 1 and said[0].startswith("error: "), said
+    return said[0]
+
+
+def test_disk_full_in_the_tensorboard_writer_thread_is_one_line(finished, tmp_path):
+    workdir = tmp_path / "w"
+    # tensorboardX writes its events from a thread: the budget runs out there, not in the sweep.
+    proc = diskfull_cli(300, r"/tensorboard/", *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 1, proc.stderr
+    line = _one_error(proc)
+    assert line.startswith(f"error: {workdir}/tensorboard/seed_0"), line
+    assert "could not write the TensorBoard events" in line and "No space left on device" in line
+    proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(workdir, finished)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mount of a given size (``small_disk(size)``, remountable); skipped where this
+    process may not mount one (not root, or no CAP_SYS_ADMIN in a container)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def sized(size: str) -> pathlib.Path:
+        opts = f"size={size}" + (",remount" if os.path.ismount(mount) else "")
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+        return mount
+
+    yield sized
+    if os.path.ismount(mount):
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_wherever_it_fills(finished, small_disk):
+    # Sizes at which this run's workdir fills in the TensorBoard events, the first checkpoint
+    # and the second one (where Orbax's threads and tensorboardX's atexit used to print
+    # hundreds of lines of tracebacks around the error).
+    where = {"12k": "/tensorboard/seed_00: ", "40k": "/checkpoints/1: ", "240k": "/checkpoints/2: "}
+    for size, path in where.items():
+        disk = small_disk(size)
+        shutil.rmtree(disk / "w", ignore_errors=True)
+        proc = cli(SWEEP, *RUN, f"--workdir={disk}/w")
+        assert proc.returncode == 1, proc.stderr
+        line = _one_error(proc)
+        assert line.startswith(f"error: {disk}/w{path}") and "No space left on device" in line
+        if "checkpoints" in path:  # how much was needed, and what was free
+            assert "a checkpoint takes about " in line and " were free" in line, line
+    disk = small_disk("16m")  # the disk grows: the same command resumes and finishes
+    proc = cli(SWEEP, *RUN, f"--workdir={disk}/w")
+    assert proc.returncode == 0, proc.stderr
+    assert "after epoch 1" in proc.stderr
+    assert_same_run(disk / "w", finished)
 
 
 def test_sigterm_checkpoints_and_resumes_bit_identically(finished, tmp_path):
@@ -594,3 +756,63 @@ def test_gzip_stream_is_verified(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(nifti.DataError, match="corrupt gzip stream"):
         nifti.verify_gzip(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per workdir.
+
+
+def _lock_refusal(stderr: str, pid: int | None = None) -> str:
+    err = lines(stderr)
+    assert len(err) == 1, stderr
+    assert err[0].startswith("error: ") and "in use by another sweep" in err[0], err
+    assert "started " in err[0] and (pid is None or f"pid {pid} on " in err[0]), err
+    return err[0]
+
+
+def test_two_sweeps_started_together_one_runs(finished, tmp_path):
+    workdir = tmp_path / "w"
+    args = [sys.executable, "-m", SWEEP, *RUN, f"--workdir={workdir}"]
+    procs = [subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], (codes, errs)
+    winner = codes.index(0)
+    _lock_refusal(errs[1 - winner], procs[winner].pid)
+    assert_same_run(workdir, finished)
+    assert not (workdir / "lock").exists()
+
+
+def test_a_held_workdir_refuses_and_a_killed_holder_frees_it(finished, good_data, tmp_path):
+    workdir = tmp_path / "w"
+    args = [sys.executable, "-m", SWEEP, *RUN, f"--workdir={workdir}"]
+    holder = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not (workdir / "checkpoints" / "1").exists():
+            assert time.time() < deadline and holder.poll() is None
+            time.sleep(0.05)
+        holder.send_signal(signal.SIGSTOP)  # it holds the lock, and stays at epoch 1 or 2
+        proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+        assert proc.returncode == 2, proc.stderr
+        _lock_refusal(proc.stderr, holder.pid)
+        # Readers may read it; they say it is being written.
+        proc = cli(REPORT, str(workdir), f"--out={tmp_path}/r")
+        assert proc.returncode == 0, proc.stderr
+        assert f"in progress: a sweep is writing it (pid {holder.pid} " in proc.stderr
+        assert "in progress" in (tmp_path / "r" / "report.md").read_text()
+        some_volume(good_data, tmp_path)
+        proc = cli(PREDICT, f"--workdir={workdir}", *(c.format(tmp=tmp_path) for c in CT))
+        assert proc.returncode == 0, proc.stderr
+        assert f"in progress, a sweep is writing it (pid {holder.pid} " in proc.stderr
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock, the file stays
+        holder.wait()
+    from cmseg_jax import workdir_lock
+
+    assert (workdir / "lock").exists() and workdir_lock.holder(workdir) is None
+    proc = cli(SWEEP, *RUN, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "RESUME: " in proc.stderr
+    assert_same_run(workdir, finished)
+    assert not (workdir / "lock").exists()

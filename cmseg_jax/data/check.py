@@ -18,13 +18,16 @@ Every case goes through the training loader's readers (:func:`cmseg_jax.data.lit
   contrast exceed 100 HU, so a lower maximum means the same; 12-bit data end at 3071 and an
   extended-range scan with metal can reach ~30000, so a maximum above 4000 usually means a wrong
   slope (or metal: widen ``--hu_max`` if the scan really holds it);
-* an oblique affine (slices not exactly axial after reorientation) is a warning.
+* an oblique affine (slices not exactly axial after reorientation) is a warning;
+* there are volumes enough for every split (3 or more with the thesis' fractions): the loader's
+  own rule (:func:`cmseg_jax.data.lits.check_split`), refused in the sweep's words.
 
 Reported per case (one line, the file name first, no colon): shape, stored dtype, orientation
 (``nibabel.aff2axcodes`` of the stored axes), in-plane voxel spacing and slice spacing in mm (along
 the canonical RAS+ axes), the HU range and the number of slices with liver. Every problem is one
-line ``<file>: <what is wrong>`` (warnings read ``<file>: warning: ...``). A summary closes the
-report. Exit status 1 when any error was found, else 0 (warnings do not fail the check).
+line ``<file>: <what is wrong>`` (warnings read ``<file>: warning: ...``) on stderr; the cases
+and the summary that closes the report go to stdout. Exit status 1 when any error was found, else
+0 (warnings do not fail the check).
 """
 
 from __future__ import annotations
@@ -169,28 +172,40 @@ def check_directory(
     hu_min_range=HU_MIN_RANGE,
     hu_max_range=HU_MAX_RANGE,
     progress: bool = False,
-    out=sys.stdout,
+    out=None,
+    problems=None,
 ) -> tuple[Layout, list[CaseReport], str]:
-    """Checks every case under data_dir, printing each line to ``out`` as it is found.
+    """Checks every case under data_dir, printing each line as it is found: the cases and the
+    summary to ``out``, errors and warnings to ``problems``.
 
     Args:
       data_dir: the dataset directory.
       hu_min_range: (lo, hi) allowed for a volume's minimum HU.
       hu_max_range: (lo, hi) allowed for a volume's maximum HU.
       progress: show a tqdm bar over cases (on stderr).
-      out: text stream for the report.
+      out: text stream for the report (default: stdout).
+      problems: text stream for the error and warning lines (default: stderr).
 
     Returns:
       (the directory's layout and its problems, one report per volume, the summary text).
     """
+    out = sys.stdout if out is None else out
+    problems = sys.stderr if problems is None else problems
     layout = lits.scan_cases(data_dir)  # the loader's own rules, every problem listed
+    if layout.cases:
+        try:  # the loader's split rule, with the thesis' fractions
+            lits.check_split(data_dir, [n for n, _, _ in layout.cases])
+        except DataError as e:
+            layout.errors.append(str(e))
     for line in layout.errors + layout.warnings:
-        print(line, file=out, flush=True)
+        print(line, file=problems, flush=True)
     reports = []
     for n, vol, seg in tqdm(layout.cases, unit="case", disable=not progress, file=sys.stderr):
         report = check_case(n, vol, seg, hu_min_range, hu_max_range)
-        for line in ([report.info] if report.info else []) + report.errors + report.warnings:
-            print(line, file=out, flush=True)
+        if report.info:
+            print(report.info, file=out, flush=True)
+        for line in report.errors + report.warnings:
+            print(line, file=problems, flush=True)
         reports.append(report)
     summary = summarize(layout, reports)
     print(summary, file=out, flush=True)

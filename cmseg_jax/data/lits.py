@@ -164,6 +164,26 @@ def find_cases(data_dir) -> list[tuple[int, pathlib.Path, pathlib.Path]]:
 # Protocol.
 
 
+def check_split(
+    data_dir, case_ids, fractions=(0.6, 0.2, 0.2), split_seed: int = 0
+) -> dict[str, list[int]]:
+    """:func:`split_cases`, refusing a split that would be empty (the loader's and the dataset
+    check's one rule).
+
+    Raises:
+      DataError: naming ``data_dir``: too few volumes for every split with a share.
+    """
+    split = split_cases(case_ids, fractions, split_seed)
+    empty = [name for name in SPLITS if not split[name] and fractions[SPLITS.index(name)] > 0]
+    if empty:
+        raise data_error(
+            data_dir,
+            f"{len(case_ids)} volume(s) leave the {' and '.join(empty)} split empty; "
+            "at least 3 volumes are needed, one per split",
+        )
+    return split
+
+
 def split_cases(case_ids, fractions=(0.6, 0.2, 0.2), split_seed: int = 0) -> dict[str, list[int]]:
     """Splits case ids into train / val / test by a seeded permutation.
 
@@ -401,14 +421,7 @@ def load_splits(data_dir, *, cache_dir=None, **sampling) -> dict[str, SliceSet]:
                 return sets
 
     fractions = protocol.pop("fractions")
-    split = split_cases([c[0] for c in cases], fractions, protocol["split_seed"])
-    empty = [name for name in SPLITS if not split[name] and fractions[SPLITS.index(name)] > 0]
-    if empty:
-        raise data_error(
-            data_dir,
-            f"{len(cases)} volume(s) leave the {' and '.join(empty)} split empty; "
-            "at least 3 volumes are needed, one per split",
-        )
+    split = check_split(data_dir, [c[0] for c in cases], fractions, protocol["split_seed"])
     by_id = {c[0]: c for c in cases}
     sets = {}
     for name in SPLITS:

@@ -8,7 +8,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from cmseg_jax import errors
+from cmseg_jax import errors, io_utils, workdir_lock
 from cmseg_jax.data.nifti import DataError
 from cmseg_jax.predict.model import ModelScorer, load_sweep
 from cmseg_jax.predict.volumes import (
@@ -69,6 +69,12 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--threshold {args.threshold}: must be in [0, 1]")
     if args.epoch is not None and args.epoch < 1:
         parser.error(f"--epoch {args.epoch}: must be >= 1")
+    # Every output path before the model is restored: a mistake there costs no inference.
+    io_utils.check_creatable(dst, f"output {dst}", directory=directory)
+    if args.prob:
+        io_utils.check_creatable(args.prob, f"--prob {args.prob}", directory=directory)
+    if args.metrics_csv:
+        io_utils.check_creatable(args.metrics_csv, f"--metrics_csv {args.metrics_csv}")
     try:
         sweep = load_sweep(args.workdir, args.epoch)
     except FileNotFoundError as e:
@@ -81,10 +87,12 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         raise errors.UsageError(str(e)) from e
     kind = f"seed {args.seed}" if args.seed is not None else f"ensemble of seeds {scorer.seeds}"
     threshold = sweep.threshold if args.threshold is None else args.threshold
+    writer = workdir_lock.holder(sweep.workdir)
+    state = f"; in progress, a sweep is writing it ({writer})" if writer else ""
     print(
         f"MODEL: {sweep.workdir} ({sweep.config.name}, method {sweep.config.method}, epoch "
-        f"{sweep.epoch}), {kind}; image size {sweep.image_size}, HU window {sweep.hu_window}, "
-        f"threshold {threshold}",
+        f"{sweep.epoch}{state}), {kind}; image size {sweep.image_size}, HU window "
+        f"{sweep.hu_window}, threshold {threshold}",
         file=sys.stderr,
     )
     common = dict(

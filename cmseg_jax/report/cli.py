@@ -48,7 +48,7 @@ import argparse
 import pathlib
 from collections.abc import Sequence
 
-from cmseg_jax import errors, metrics
+from cmseg_jax import errors, io_utils, metrics
 from cmseg_jax.report.build import build_report
 
 FORMATS = ("md", "csv", "json")
@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    io_utils.check_creatable(args.out, f"--out={args.out}", directory=True)
     build_report(args.run_dirs, args.out, args.format or ["md"], args.alpha, args.threshold_metric)
     print(pathlib.Path(args.out) / "report.md")
     return 0

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import sys
 from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
-from cmseg_jax import errors
+from cmseg_jax import errors, workdir_lock
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.results import RESULT_METRICS, SPLITS
 
@@ -141,12 +142,18 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
     """
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
-        raise errors.IOFailure(f"{workdir}: no such directory")
+        what = "not a directory" if workdir.exists() else "no such directory"
+        raise errors.IOFailure(f"{workdir}: {what}")
     notes: list[str] = []
     info = _read_noted(workdir_io.read_run_info, workdir_io.RUN_INFO, notes, workdir) or {}
     config, config_seeds = _read_config(workdir, notes)
     if not info:
-        notes.append("no run.json: run in progress or interrupted")
+        writer = workdir_lock.holder(workdir)
+        if writer:
+            notes.append(f"in progress: a sweep is writing it ({writer}); read as it stood")
+            print(f"note: {workdir}: {notes[-1]}", file=sys.stderr, flush=True)
+        else:
+            notes.append("no run.json and no sweep writing it: interrupted (rerun to finish)")
 
     epochs, bad = workdir_io.read_metrics(workdir)
     if bad:

@@ -3,8 +3,8 @@ checkpoints, final evaluations and result files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -25,6 +25,7 @@ from cmseg_jax import (
     results,
     tensorboard_log,
     validate,
+    workdir_lock,
 )
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import get_base_config
@@ -152,13 +153,35 @@ def run(
         traced, untraced = config_base.split_grid(config)
     except ValueError as e:
         raise errors.UsageError(str(e)) from None
-    if untraced:
-        return _run_programs(config, workdir, seeds, traced, untraced, progress, stop)
-    axis = grid.plain(seeds)
-    if traced:
-        points = tuple(config_base.grid_points(traced))
-        axis = grid.RunAxis(tuple(seeds), points, {}, workdir / workdir_io.GRID_DIR)
-    return _run(config, workdir, axis, progress, stop)
+    _check_workdir(workdir, workdir_io.config_record(config, seeds))
+    _check_writable(workdir)
+    with _one_writer(workdir):  # before the data are read: a second sweep stops at once
+        if untraced:
+            return _run_programs(config, workdir, seeds, traced, untraced, progress, stop)
+        axis = grid.plain(seeds)
+        if traced:
+            points = tuple(config_base.grid_points(traced))
+            axis = grid.RunAxis(tuple(seeds), points, {}, workdir / workdir_io.GRID_DIR)
+        return _run(config, workdir, axis, progress, stop)
+
+
+@contextlib.contextmanager
+def _one_writer(workdir: pathlib.Path):
+    """Holds the workdir's lock for the block (process 0 takes it; every process stops if it
+    cannot)."""
+    lock = workdir_lock.WorkdirLock(workdir)
+    refused = None
+    if distributed.is_writer():
+        try:
+            lock.acquire()
+        except (errors.UsageError, errors.IOFailure, OSError) as e:  # the others must stop too
+            refused = e
+    if distributed.any_process(refused is not None):
+        raise refused or errors.UsageError(f"{workdir}: process 0 could not lock it")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> dict:
@@ -245,9 +268,11 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
     ckpt = checkpoint.Checkpointer(workdir)
     interrupted = checkpoint.InterruptedCheckpoint(workdir)
     point_dirs = [axis.point_dir(i) for i in range(len(axis.points))] if axis.is_grid else []
-    start, restored, resume = _resume(
+    start, restored, resume, logged = _resume(
         ckpt, interrupted, _take(states, num), workdir, extra_dirs=point_dirs
     )
+    if start and logged is not None and distributed.is_writer():
+        _rewrite_metrics(workdir, axis, logged, point_dirs)
     if restored is not None:
         states = distributed.put(_pad_state(restored, len(keys)), layout.seeds)
     # A grid logs per point (seed ids repeat across points): one board per point's workdir.
@@ -299,9 +324,11 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
             rows = results.epoch_records(epoch, seeds, train_loss, evals, diverged)
             if distributed.is_writer():
                 _log_epoch(workdir, axis, rows, point_dirs, boards)
+            logged = None if logged is None else logged + rows
         if diverged.any():
             logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
-        ckpt.save(epoch, _take(states, num))
+        # Every row so far goes with the checkpoint: a resume rewrites metrics.jsonl from it.
+        ckpt.save(epoch, _take(states, num), None if logged is None else json.dumps(logged))
         interrupted.clear()
         if distributed.any_process(stop.requested):
             raise stop.stop(
@@ -320,20 +347,41 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
     return out
 
 
+def _rewrite_metrics(workdir, axis: grid.RunAxis, logged, point_dirs) -> None:
+    """metrics.jsonl of the workdir (and of each grid point) rewritten to exactly the rows
+    ``logged`` with the checkpoint a run resumes from, as :func:`_log_epoch` wrote them."""
+    files: dict[pathlib.Path, list[dict]] = {}
+    for epoch in sorted({int(row["epoch"]) for row in logged}):
+        rows = [row for row in logged if int(row["epoch"]) == epoch]
+        for directory, part in _epoch_files(workdir, axis, rows, point_dirs):
+            files.setdefault(directory, []).extend(part)
+    for directory in (workdir, *point_dirs):
+        note = workdir_io.rewrite_metrics(directory, files.get(directory, []))
+        if note is not None:
+            _warn(note)
+
+
+def _epoch_files(workdir, axis: grid.RunAxis, rows, point_dirs) -> list[tuple[pathlib.Path, list]]:
+    """(directory, its metrics.jsonl rows) of one epoch's rows: the workdir's, and a grid's
+    per point."""
+    per_row = len(SPLITS)
+    if not axis.is_grid:
+        return [(workdir, rows)]
+    n = len(axis.seeds) * per_row
+    return [(workdir, grid.with_point_fields(rows, axis, per_row))] + [
+        (point_dir, rows[i * n : (i + 1) * n]) for i, point_dir in enumerate(point_dirs)
+    ]
+
+
 def _log_epoch(workdir, axis: grid.RunAxis, rows, point_dirs, boards) -> None:
     """An epoch's metrics.jsonl rows (3 per run-axis row) to the workdir, and per grid point to
     the point's workdir and TensorBoard."""
-    per_row = len(SPLITS)
-    if not axis.is_grid:
-        workdir_io.append_metrics(workdir, rows)
-        boards[0].write(rows)
-        return
-    workdir_io.append_metrics(workdir, grid.with_point_fields(rows, axis, per_row))
-    n = len(axis.seeds) * per_row
-    for i, (point_dir, board) in enumerate(zip(point_dirs, boards, strict=True)):
-        point_dir.mkdir(parents=True, exist_ok=True)
-        workdir_io.append_metrics(point_dir, rows[i * n : (i + 1) * n])
-        board.write(rows[i * n : (i + 1) * n])
+    files = _epoch_files(workdir, axis, rows, point_dirs)
+    for directory, part in files:
+        directory.mkdir(parents=True, exist_ok=True)
+        workdir_io.append_metrics(directory, part)
+    for board, (_, part) in zip(boards, files[-len(boards) :], strict=True):
+        board.write(part)
 
 
 def _warn(line: str) -> None:
@@ -342,19 +390,15 @@ def _warn(line: str) -> None:
 
 def _check_writable(workdir: pathlib.Path) -> None:
     """Fails early (before the data are read) if ``workdir`` cannot be created or written."""
-    existing = workdir.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise errors.IOFailure(f"{existing}: not a directory (--workdir={workdir})")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise errors.IOFailure(f"{existing}: not writable (--workdir={workdir})")
+    io_utils.check_creatable(workdir, f"--workdir={workdir}", directory=True)
 
 
 def _resume(ckpt, interrupted, like, workdir: pathlib.Path, extra_dirs=()):
-    """Where a workdir's run stands: (last complete epoch, its state or None, and the
-    ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way).
-    The metrics.jsonl of ``workdir`` and of ``extra_dirs`` (a grid's points) follow it."""
+    """Where a workdir's run stands: (last complete epoch, its state or None, the
+    ``(step, loss_sum)`` of the epoch after it if a stopped run checkpointed it part-way, and
+    the metrics.jsonl rows of the epochs up to it, None if unknown). Without rows kept in the
+    checkpoint (older versions), the metrics.jsonl of ``workdir`` and of ``extra_dirs`` (a
+    grid's points) are truncated to it."""
     had = bool(ckpt.epochs())
     # Process 0 alone moves a corrupt checkpoint aside; the others skip it as it does.
     start, restored = ckpt.restore_latest(like, report=_warn, quarantine=distributed.is_writer())
@@ -364,10 +408,17 @@ def _resume(ckpt, interrupted, like, workdir: pathlib.Path, extra_dirs=()):
     part = interrupted.load(start + 1, like, num, report=_warn)
     if part is not None:
         restored, resume = part[1], (part[0], part[2])
+    # The metrics.jsonl rows kept with the checkpoint (absent in those of older versions).
+    record = ckpt.record(start) if start else None
+    logged = None if record is None else json.loads(record)
     if start or resume is not None:
-        if distributed.is_writer():
+        if distributed.is_writer() and logged is None:
             for d in (workdir, *extra_dirs):
                 workdir_io.truncate_metrics(d, start)
+        if logged is None and not start:
+            logged = []
+        elif logged is None and not extra_dirs:  # a grid's own rows are not read back
+            logged = workdir_io.read_metrics(workdir)[0]
         where = f"after epoch {start}"
         if resume is not None:
             where += f", in epoch {start + 1} after step {resume[0]}"
@@ -379,7 +430,8 @@ def _resume(ckpt, interrupted, like, workdir: pathlib.Path, extra_dirs=()):
         if distributed.is_writer():
             for d in (workdir, *extra_dirs):
                 workdir_io.remove_metrics(d)
-    return start, restored, resume
+        logged = []
+    return start, restored, resume, logged
 
 
 def _remaining_calls(call_lengths: list[int], done: int) -> list[int]:
