@@ -58,7 +58,7 @@ def plan_one(name: str, target: str, dtype: str, num_seeds: int, overrides: list
         return record | {"error": str(e), "plan_s": round(time.time() - t0, 1)}
     plan = info.pop("plan")
     t = targets.get(target)
-    used = planning.with_fields(config, plan.execution) if plan.execution else config
+    used = config_base.with_fields(config, plan.execution) if plan.execution else config
     epoch_steps = math.ceil(131 * 0.6) * 20 // config.train.batch_size
     floor = None
     if config.model.arch == "convmixerseg":

@@ -365,6 +365,15 @@ def at_point(config: ml_collections.ConfigDict, point: dict) -> ml_collections.C
     return config
 
 
+def with_fields(config: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the dotted ``fields`` set (the planner's execution choices)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for field, value in fields.items():
+            _set(config, field, value)
+    return config
+
+
 def load_config_file(spec: str, root: str | pathlib.Path = ".") -> ml_collections.ConfigDict:
     """Loads ``path/to/config.py[:variant]`` (relative to ``root``) as ``--config`` would."""
     path, _, variant = spec.partition(":")

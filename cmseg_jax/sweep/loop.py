@@ -28,13 +28,13 @@ from cmseg_jax import (
     workdir_lock,
 )
 from cmseg_jax import workdir as workdir_io
-from cmseg_jax.config_base import get_base_config
+from cmseg_jax.config_base import get_base_config, with_fields
 from cmseg_jax.data import dataset
 from cmseg_jax.sweep import grid
 from cmseg_jax.sweep.layout import SweepFns
 from cmseg_jax.sweep.outputs import evaluate as _evaluate
 from cmseg_jax.sweep.outputs import finish as _finish
-from cmseg_jax.sweep.plan import plan_layout, running_on_target, with_fields
+from cmseg_jax.sweep.plan import plan_layout, running_on_target
 from cmseg_jax.train import TrainState, make_train, seed_key
 
 SPLITS = dataset.SPLITS

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cmseg_jax import cost, errors
+from cmseg_jax.config_base import with_fields
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.sweep import targets
 from cmseg_jax.sweep.layout import SeedLayout, SweepFns
@@ -277,27 +278,10 @@ def _executions(config: ml_collections.ConfigDict) -> list[dict]:
     for remat in (False, True):
         for chunk in (0, int(config.model.decoder_chunk)):
             change = {"model.remat": remat, "model.decoder_chunk": chunk}
-            trial = with_fields(config, change)
-            flops = cost.train_step_flops(trial)
-            if flops < own and change != {
-                "model.remat": bool(config.model.remat),
-                "model.decoder_chunk": int(config.model.decoder_chunk),
-            }:
+            flops = cost.train_step_flops(with_fields(config, change))
+            if flops < own:  # the config's own execution costs exactly ``own``
                 out.append((flops, change))
     return [change for _, change in sorted(out, key=lambda fc: fc[0])]
-
-
-def with_fields(config: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with dotted ``fields`` set."""
-    out = config.copy_and_resolve_references()
-    with out.unlocked():
-        for dotted, value in fields.items():
-            *path, last = dotted.split(".")
-            node = out
-            for part in path:
-                node = node[part]
-            node[last] = value
-    return out
 
 
 def _refusal(where: str, detail: str) -> errors.UsageError:
@@ -361,11 +345,11 @@ def plan_layout(
             layout = SeedLayout(devices, chunk)
             padded = layout.padded(num_seeds)
             try:
-                program = step_bytes(cfg, tr, layout, padded, quiet=quiet)
+                program, refusal = step_bytes(cfg, tr, layout, padded, quiet=quiet), ""
             except DoesNotFit as e:
-                program, layout.refusal = math.inf, e.detail
-            sizes[chunk, key] = (layout, padded, program)
-        return sizes[chunk, key]
+                program, refusal = math.inf, e.detail
+            sizes[chunk, key] = (layout, padded, program, refusal)
+        return sizes[chunk, key][:3]
 
     def fits(chunk, **kwargs):
         return measure(chunk, **kwargs)[2] + data_bytes <= limit
@@ -403,7 +387,7 @@ def plan_layout(
         raise _refusal(
             where,
             f"the training step with {layout.chunk or local} seed(s) per chunk does not fit "
-            f"({getattr(layout, 'refusal', 'out of memory')}; data "
+            f"({sizes[chunk, ()][3]}; data "
             f"{data_bytes / 2**30:.2f} GiB, budget {budget / 2**30:.2f} GiB, {source})",
         )
     if program + data_bytes > budget:

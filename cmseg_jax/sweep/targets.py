@@ -103,7 +103,7 @@ TARGETS: dict[str, Target] = {
             494,
             3352,
             dict(cc=(9, 0), cores=132, clock=1.98, l2=52_428_800, smem_core=233_472,
-                 smem_optin=232_448, fpus=128, bw=3_352_320_000_000),
+                 smem_optin=232_448, fpus=128),
         ),
         _gpu(
             "a100-80",
@@ -113,7 +113,7 @@ TARGETS: dict[str, Target] = {
             156,
             2039,
             dict(cc=(8, 0), cores=108, clock=1.41, l2=41_943_040, smem_core=167_936,
-                 smem_optin=166_912, fpus=64, bw=2_039_000_000_000),
+                 smem_optin=166_912, fpus=64),
         ),
         _gpu(
             "l4",
@@ -123,7 +123,7 @@ TARGETS: dict[str, Target] = {
             60,
             300,
             dict(cc=(8, 9), cores=58, clock=2.04, l2=50_331_648, smem_core=102_400,
-                 smem_optin=101_376, fpus=128, bw=300_000_000_000),
+                 smem_optin=101_376, fpus=128),
         ),
     )
 }
@@ -159,7 +159,7 @@ gpu_device_info {{
   block_dim_limit_x: 2147483647
   block_dim_limit_y: 65535
   block_dim_limit_z: 65535
-  memory_bandwidth: {s["bw"]}
+  memory_bandwidth: {int(target.bandwidth)}
   l2_cache_size: {s["l2"]}
   clock_rate_ghz: {s["clock"]}
   device_memory_size: {s["device_memory_size"]}
