@@ -139,6 +139,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Also evaluate the final model with the Gaussian smoothing removed (trained with it); written
     # as results_no_smoothing.csv / final_stats_no_smoothing.npz and a second table in summary.md.
     config.eval.without_smoothing = True
+    # The ensemble of the seeds (mean of their liver scores, thresholded as one seed's) in the
+    # final evaluation, for every ensemble size k = 1 … N: results_ensemble.csv,
+    # final_stats_ensemble.npz and a table under summary.md's. Computed on the device.
+    config.eval.ensemble = True
     return config
 
 

@@ -119,6 +119,9 @@ class Method:
       pixel_scores: (outputs, gate_with_classifier) -> (B, S, S) float32 liver score in [0, 1].
       image_prediction: (outputs, masks (B, S, S) bool) -> (B,) bool "slice contains liver".
       cam_threshold: the mask threshold is ``cam.threshold`` (else 0.5).
+      image_score: (outputs) -> (B,) float32 probability behind ``image_prediction`` (thresholded
+        at 0.5), or None where the image prediction is read off the mask. An ensemble averages it
+        over seeds as it averages ``pixel_scores`` (:meth:`ensemble_predict`).
     """
 
     name: str
@@ -127,6 +130,7 @@ class Method:
     pixel_scores: Callable
     image_prediction: Callable
     cam_threshold: bool = False
+    image_score: Callable | None = None
 
     def threshold(self, config: ml_collections.ConfigDict) -> float:
         """The score threshold of the method's masks under ``config``."""
@@ -138,11 +142,34 @@ class Method:
         masks = scores >= threshold
         return scores, masks, self.image_prediction(outputs, masks)
 
+    def ensemble_predict(self, scores, image_scores, threshold: float):
+        """The masks and image predictions of seed-averaged scores, thresholded as one seed's.
+
+        Args:
+          scores: (B, S, S) float32, the mean over seeds of ``pixel_scores``.
+          image_scores: (B,) float32, the mean over seeds of ``image_score`` (ignored without one).
+
+        Returns:
+          (masks (B, S, S) bool, image_pred (B,) bool); for one seed exactly :meth:`predict`'s.
+        """
+        masks = scores >= threshold
+        if self.image_score is None:
+            return masks, jnp.any(masks, axis=(1, 2))
+        return masks, image_scores >= 0.5
+
 
 FULL = Method("full", "seg", _pixel_loss, _softmax_scores, _any_pixel)
-CAM_BETA = Method("cam_beta", "seg", _image_loss, _softmax_scores, _classifier)
+CAM_BETA = Method(
+    "cam_beta", "seg", _image_loss, _softmax_scores, _classifier, image_score=image_probability
+)
 CAM_ALPHA = Method(
-    "cam_alpha", "cam_alpha", _image_loss, _normalised_cam, _classifier, cam_threshold=True
+    "cam_alpha",
+    "cam_alpha",
+    _image_loss,
+    _normalised_cam,
+    _classifier,
+    cam_threshold=True,
+    image_score=image_probability,
 )
 METHODS: dict[str, Method] = {m.name: m for m in (FULL, CAM_BETA, CAM_ALPHA)}
 

@@ -82,6 +82,38 @@ def final_table(seeds, confusion, cls_confusion, diverged) -> dict[str, dict[str
     return table
 
 
+def ensemble_table(confusion, cls_confusion, hist_liver, hist_background) -> dict:
+    """split -> metric -> (M,) values of ensembles of sizes 1 … M: :data:`RESULT_METRICS` and
+    ``pxap``, from (M, 3, 4) confusion counts and (M, 3, B) score histograms."""
+    table = {}
+    for j, split in enumerate(SPLITS):
+        rows = [metric_row(confusion[k, j], cls_confusion[k, j]) for k in range(len(confusion))]
+        table[split] = {m: np.asarray([r[m] for r in rows], np.float64) for m in RESULT_METRICS}
+        table[split]["pxap"] = np.asarray(
+            metrics.pxap(hist_liver[:, j], hist_background[:, j]), np.float64
+        )
+    return table
+
+
+def ensemble_markdown(table: dict, num_seeds: int, threshold: float, left_out: int = 0) -> str:
+    """The table of the whole ensemble (its last size) that goes under the seeds' table."""
+    out = f"; {left_out} diverged seed(s) left out" if left_out else ""
+    lines = [
+        "",
+        f"Ensemble of {num_seeds} seeds{out}: the mean of their liver scores, thresholded at "
+        f"{threshold:g} as one seed's (one value, not a spread; comparisons across runs use the "
+        "seeds above).",
+        "",
+        "| ensemble of " + f"{num_seeds} | " + " | ".join(SPLIT_TITLES[s] for s in SPLITS) + " |",
+        "|---|" + "---|" * len(SPLITS),
+    ]
+    for m in (m for m in RESULT_METRICS + ("pxap",) if m in table[SPLITS[0]]):
+        title = "PxAP" if m == "pxap" else metric_title(m)
+        cells = [f"{float(table[s][m][-1]):.3f}" for s in SPLITS]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(name, seeds, table, diverged, data_description) -> str:
     """The thesis-style table: rows metrics, columns splits, cells ``mean ± std (median)``."""
     ok = [int(s) for s, d in zip(seeds, diverged, strict=True) if not d]

@@ -336,6 +336,44 @@ def evaluate(state, split, class_weights, *, eval_batch, num_bins=None, **step_k
     return totals
 
 
+def ensemble_terms(state, images, *, model, method: Method, gate):
+    """What one seed adds to an ensemble of a batch: (pixel scores (B, S, S) float32,
+    image scores (B,) float32; zeros for a method that reads the image prediction off the mask)."""
+    outputs = apply_model(state, images, model=model)
+    scores = method.pixel_scores(outputs, gate)
+    if method.image_score is None:
+        return scores, jnp.zeros(scores.shape[:1], jnp.float32)
+    return scores, method.image_score(outputs).astype(jnp.float32)
+
+
+def ensemble_stats(score_sum, image_sum, count, batch, *, method: Method, threshold, num_bins):
+    """Sufficient statistics of an ensemble on one batch, from its seeds' summed terms.
+
+    The ensemble's liver score is the mean of its seeds' scores (``score_sum / count``),
+    thresholded as one seed's (:meth:`~cmseg_jax.methods.Method.ensemble_predict`); for
+    ``count == 1`` the statistics are exactly those of :func:`eval_step` for that seed.
+
+    Args:
+      score_sum: (B, S, S) float32, the sum of the seeds' :func:`ensemble_terms` scores.
+      image_sum: (B,) float32, the sum of their image scores.
+      count: () number of seeds summed (0 gives the statistics of a zero score).
+      batch: (masks (B, S, S), labels (B,), valid (B,) bool).
+
+    Returns:
+      {"confusion" (4,), "cls_confusion" (4,), "histograms" (2, num_bins)}.
+    """
+    masks, labels, valid = batch
+    n = jnp.maximum(count, 1).astype(jnp.float32)
+    scores = score_sum / n
+    pred, image_pred = method.ensemble_predict(scores, image_sum / n, threshold)
+    valid_px = jnp.broadcast_to(valid[:, None, None], masks.shape)
+    return {
+        "confusion": metrics.confusion_counts(pred, masks, valid_px),
+        "cls_confusion": metrics.confusion_counts(image_pred, labels, valid),
+        "histograms": metrics.score_histograms(scores, masks, num_bins, valid=valid_px),
+    }
+
+
 def predict_scores(state, images, *, model, method: Method, gate) -> jnp.ndarray:
     """(B, S, S) liver scores of float images (B, S, S)."""
     return method.pixel_scores(apply_model(state, images, model=model), gate)
@@ -355,6 +393,10 @@ class Trainer:
       evaluate_final_no_smoothing: ``evaluate_final`` with the Gaussian smoothing removed at test
         time (trained with it); None unless ``eval.without_smoothing`` and the model smooths.
       predict: (state, images (B, S, S)) -> liver scores (B, S, S).
+      ensemble: evaluation variant -> (state, images (B, S, S)) -> :func:`ensemble_terms`;
+        ``default`` always, ``no_smoothing`` where ``evaluate_final_no_smoothing`` is set.
+      ensemble_stats: (score_sum, image_sum, count, (masks, labels, valid)) ->
+        :func:`ensemble_stats` with the method's threshold and ``eval.score_bins``.
       train: (key, data) -> (state, per-epoch statistics); the whole run as one pure function
         (``data``: {"train", "val", "test", "class_weights"}).
       steps_per_epoch: number of optimizer steps per epoch.
@@ -369,6 +411,8 @@ class Trainer:
     evaluate_final: Callable
     evaluate_final_no_smoothing: Callable | None
     predict: Callable
+    ensemble: dict[str, Callable]
+    ensemble_stats: Callable
     train: Callable
     steps_per_epoch: int
     model: Any
@@ -435,9 +479,12 @@ def make_train(
         return lax.scan(epoch_body, init(key), jnp.arange(config.train.epochs))
 
     no_smoothing = None
+    terms = functools.partial(ensemble_terms, method=method, gate=gate)
+    ensemble = {"default": functools.partial(terms, model=model)}
     if config.eval.without_smoothing and config.model.smoothing:
         plain = make_model(config, smoothing=False)
         no_smoothing = functools.partial(evaluate, model=plain, num_bins=bins, **eval_kwargs)
+        ensemble["no_smoothing"] = functools.partial(terms, model=plain)
     return Trainer(
         init=init,
         train_epoch=train_epoch,
@@ -446,6 +493,10 @@ def make_train(
         evaluate_final=functools.partial(evaluate_fn, num_bins=bins),
         evaluate_final_no_smoothing=no_smoothing,
         predict=functools.partial(predict_scores, model=model, method=method, gate=gate),
+        ensemble=ensemble,
+        ensemble_stats=functools.partial(
+            ensemble_stats, method=method, threshold=eval_kwargs["threshold"], num_bins=bins
+        ),
         train=train,
         steps_per_epoch=steps_per_epoch,
         model=model,

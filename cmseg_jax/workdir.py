@@ -28,7 +28,7 @@ import numpy as np
 
 from cmseg_jax import errors, io_utils, metrics
 from cmseg_jax.data.dataset import SPLITS
-from cmseg_jax.results import RESULT_METRICS
+from cmseg_jax.results import RESULT_METRICS, ensemble_table
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -39,9 +39,16 @@ RUN_INFO = "run.json"
 SUMMARY = "summary.md"
 # Held (flock) by the sweep writing the workdir; names its holder (cmseg_jax/workdir_lock.py).
 LOCK = "lock"
+# The ensemble of the seeds, by ensemble size: results_ensemble{suffix}.csv and
+# final_stats_ensemble{suffix}.npz.
+RESULTS_ENSEMBLE = "results_ensemble.csv"
+FINAL_STATS_ENSEMBLE = "final_stats_ensemble.npz"
 # Evaluation variant -> suffix of its ``results{suffix}.csv`` / ``final_stats{suffix}.npz``.
 VARIANTS = {"default": "", "no_smoothing": "_no_smoothing"}
 RESULTS_COLUMNS = ("seed", "split", "metric", "value")
+ENSEMBLE_COLUMNS = ("size", "split", "metric", "value")
+# results_ensemble.csv: the seeds' metrics and the ensemble's pixel average precision.
+ENSEMBLE_METRICS = RESULT_METRICS + ("pxap",)
 EXAMPLE_ROLES = ("best", "median", "worst")
 
 PathLike = str | pathlib.Path
@@ -60,6 +67,16 @@ def results_name(variant: str = "default") -> str:
 def final_stats_name(variant: str = "default") -> str:
     """``final_stats.npz`` of the ``default`` variant, ``final_stats{suffix}.npz`` of others."""
     return _with_suffix(FINAL_STATS, variant)
+
+
+def ensemble_results_name(variant: str = "default") -> str:
+    """``results_ensemble{suffix}.csv``."""
+    return _with_suffix(RESULTS_ENSEMBLE, variant)
+
+
+def ensemble_stats_name(variant: str = "default") -> str:
+    """``final_stats_ensemble{suffix}.npz``."""
+    return _with_suffix(FINAL_STATS_ENSEMBLE, variant)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,6 +393,99 @@ def read_final_stats(workdir: PathLike, variant: str = "default") -> dict[str, n
         IOFailure: the file cannot be read.
     """
     return _read_npz(pathlib.Path(workdir) / final_stats_name(variant))
+
+
+# ----------------------------------------------------------------------------------------------
+# The ensemble: final_stats_ensemble.npz and results_ensemble.csv (and their variants)
+
+
+def write_ensemble(
+    workdir: PathLike,
+    seeds: Sequence[int],
+    confusion: np.ndarray,
+    cls_confusion: np.ndarray,
+    hist_liver: np.ndarray,
+    hist_background: np.ndarray,
+    variant: str = "default",
+) -> dict[str, dict[str, np.ndarray]]:
+    """``final_stats_ensemble{suffix}.npz`` and ``results_ensemble{suffix}.csv``: the ensemble of
+    the first k seeds, for k = 1 … M.
+
+    Args:
+        workdir: the sweep's workdir.
+        seeds: ``(M,)`` the seeds averaged, in the order they join (row k - 1: the first k).
+        confusion, cls_confusion: ``(M, 3, 4)`` pixel / image tp, fp, fn, tn per size and split.
+        hist_liver, hist_background: ``(M, 3, B)`` the ensemble's liver-score histograms.
+        variant: evaluation variant (a key of :data:`VARIANTS`).
+
+    Returns:
+        The table written: split -> metric of :data:`ENSEMBLE_METRICS` -> ``(M,)`` by size.
+    """
+    confusion = np.asarray(confusion, np.int64)
+    hist_liver = np.asarray(hist_liver, np.int64)
+    io_utils.write_npz(
+        pathlib.Path(workdir) / ensemble_stats_name(variant),
+        sizes=np.arange(1, len(seeds) + 1, dtype=np.int64),
+        seeds=np.asarray(seeds, np.int64),
+        splits=np.asarray(SPLITS),
+        confusion=confusion,
+        cls_confusion=np.asarray(cls_confusion, np.int64),
+        hist_liver=hist_liver,
+        hist_background=np.asarray(hist_background, np.int64),
+        bin_edges=metrics.bin_edges(hist_liver.shape[-1]),
+    )
+    table = ensemble_table(confusion, cls_confusion, hist_liver, hist_background)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(ENSEMBLE_COLUMNS)
+    for k in range(len(seeds)):
+        for split in SPLITS:
+            for m in ENSEMBLE_METRICS:
+                writer.writerow([k + 1, split, m, f"{table[split][m][k]:.6g}"])
+    io_utils.write_text(pathlib.Path(workdir) / ensemble_results_name(variant), out.getvalue())
+    return table
+
+
+def read_ensemble_stats(
+    workdir: PathLike, variant: str = "default"
+) -> dict[str, np.ndarray] | None:
+    """The arrays of ``final_stats_ensemble{suffix}.npz``; None when absent (a workdir written
+    before ensembles were evaluated, or with ``eval.ensemble=False``).
+
+    Raises:
+        IOFailure: the file cannot be read.
+    """
+    return _read_npz(pathlib.Path(workdir) / ensemble_stats_name(variant))
+
+
+def read_ensemble_results(
+    workdir: PathLike, variant: str = "default"
+) -> dict[int, dict[str, dict[str, float]]] | None:
+    """``results_ensemble{suffix}.csv`` as size -> split -> metric -> value; None when absent.
+
+    Raises:
+        IOFailure: the file is not an ensemble table (naming it and the first bad line).
+    """
+    path = pathlib.Path(workdir) / ensemble_results_name(variant)
+    if not path.exists():
+        return None
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        try:
+            missing = set(ENSEMBLE_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise KeyError(", ".join(sorted(missing)))
+            for row in reader:
+                value = float(row["value"]) if row["value"].strip() else math.nan
+                split = out.setdefault(int(row["size"]), {}).setdefault(row["split"], {})
+                split[row["metric"]] = value
+        except (KeyError, ValueError, TypeError, AttributeError, csv.Error) as e:
+            raise errors.IOFailure(
+                f"{path}: line {reader.line_num}: not an ensemble table (columns size, split, "
+                f"metric, value; {type(e).__name__}: {errors.first_line(e)})"
+            ) from None
+    return out
 
 
 def write_examples(

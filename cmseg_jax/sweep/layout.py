@@ -112,7 +112,17 @@ class SweepFns:
     Every output has a leading seed axis and stays sharded over ``layout``'s ``seed`` axis.
     """
 
-    def __init__(self, trainer: Trainer, layout: SeedLayout, steps_per_call: int):
+    def __init__(
+        self,
+        trainer: Trainer,
+        layout: SeedLayout,
+        steps_per_call: int,
+        ensemble: dict | None = None,
+    ):
+        """``ensemble``: {"eval_batch", "seeds_per_group", "groups"} of
+        :func:`cmseg_jax.sweep.ensemble.make_evaluate` (None: no ensemble functions)."""
+        from cmseg_jax.sweep import ensemble as ensemble_lib  # it lays seeds out with SeedLayout
+
         spe = trainer.steps_per_epoch
         self.layout = layout
         self.call_lengths = _call_lengths(spe, steps_per_call)
@@ -142,6 +152,11 @@ class SweepFns:
             else None
         )
         self.predict = jax.jit(trainer.predict)
+        # Evaluation variant -> fn(states, split, weights): the ensemble by size on one split.
+        self.ensemble = {
+            variant: ensemble_lib.make_evaluate(terms, trainer.ensemble_stats, layout, **ensemble)
+            for variant, terms in (trainer.ensemble.items() if ensemble else ())
+        }
 
 
 def _call_lengths(steps_per_epoch: int, steps_per_call: int) -> list[int]:

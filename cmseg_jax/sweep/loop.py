@@ -231,6 +231,7 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
         "val": dataset.device_layout(splits["val"], config.eval.batch_size),
         "test": dataset.device_layout(splits["test"], config.eval.batch_size),
     }
+
     def make_trainer(cfg):
         return make_train(cfg, num_train=len(splits["train"].labels), traced=axis.traced)
 
@@ -248,7 +249,14 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
     layout = plan.layout
     data = distributed.put(host_data, layout.replicated)
     class_weights = distributed.put(weights, layout.replicated)
-    fns = SweepFns(trainer, layout, config.train.steps_per_call)
+    ensemble = None
+    if config.eval.ensemble:
+        ensemble = dict(
+            eval_batch=config.eval.batch_size,
+            seeds_per_group=len(axis.seeds),
+            groups=len(axis.points),
+        )
+    fns = SweepFns(trainer, layout, config.train.steps_per_call, ensemble=ensemble)
     keys = np.stack([np.asarray(seed_key(config.root_seed, s)) for s in seeds])
     keys = _pad_seeds(keys, layout.padded(num))
     hparams = axis.hparams()

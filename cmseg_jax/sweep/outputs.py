@@ -1,5 +1,6 @@
 """The sweep's final result files: evaluations of the finished states, results.csv,
-final_stats.npz, summary.md, examples.npz and run.json; for a grid, per point and together."""
+final_stats.npz, the ensemble's results_ensemble.csv and final_stats_ensemble.npz, summary.md,
+examples.npz and run.json; for a grid, per point and together."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from cmseg_jax import config_base, distributed, methods, results
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.data import dataset
+from cmseg_jax.sweep import ensemble as ensemble_lib
 
 SPLITS = dataset.SPLITS
 
@@ -51,21 +53,39 @@ def finish(
     evals_ns = None
     if fns.evaluate_final_no_smoothing is not None:
         evals_ns = evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
+    ensembles = evaluate_ensembles(fns, states, data, diverged)
     states = _host(states)  # every collective before process 0 alone writes
     if not distributed.is_writer():
         return {"seeds": seeds, "diverged": diverged, "table": None, "summary": "", "grid_rows": []}
+    evals = {"default": evals, "no_smoothing": evals_ns, "ensembles": ensembles}
     if axis.is_grid:
         return _finish_grid(
-            config, workdir, axis, states, data, fns, data_description, evals, evals_ns, diverged
+            config, workdir, axis, states, data, fns, data_description, evals, diverged
         )
     return _write_outputs(
-        config, workdir, seeds, states, data, fns, data_description, evals, evals_ns, diverged
+        config, workdir, seeds, states, data, fns, data_description, evals, diverged
     )
 
 
-def _finish_grid(
-    config, workdir, axis, states, data, fns, data_description, evals, evals_ns, diverged
-) -> dict:
+def evaluate_ensembles(fns, states, data, diverged) -> dict:
+    """variant -> split -> per-row ensemble sums (host, the first ``len(diverged)`` rows) of every
+    seed that did not diverge (:mod:`cmseg_jax.sweep.ensemble`); {} without ensemble functions."""
+    if not fns.ensemble:
+        return {}
+    num = len(diverged)
+    rows = jax.tree_util.tree_leaves(states)[0].shape[0]
+    weights = np.zeros(rows, np.float32)
+    weights[:num] = ~np.asarray(diverged, bool)
+    weights = distributed.put(weights, fns.layout.replicated)
+    states = states.replace(opt_state=None)  # the scores need params and batch statistics only
+    out = {
+        variant: {split: fn(states, data[split], weights) for split in SPLITS}
+        for variant, fn in fns.ensemble.items()
+    }
+    return jax.tree_util.tree_map(lambda x: x[:num], _host(out))
+
+
+def _finish_grid(config, workdir, axis, states, data, fns, data_description, evals, diverged):
     """Each grid point's own workdir, then grid_results.csv and summary.md of the program."""
     outs, grid_rows = [], []
     for i in range(len(axis.points)):
@@ -87,7 +107,6 @@ def _finish_grid(
             fns,
             data_description,
             part(evals),
-            part(evals_ns),
             diverged[rows],
         )
         outs.append(f"## {config_base.point_name(axis.point(i))}\n\n{out['summary']}")
@@ -103,14 +122,19 @@ def _finish_grid(
     }
 
 
-def _write_outputs(
-    config, workdir, seeds, states, data, fns, data_description, evals, evals_ns, diverged
-) -> dict:
-    """results.csv, final_stats.npz, summary.md, examples.npz and run.json of host results."""
-    table = _write_final(workdir, "default", seeds, evals, diverged)
+def _write_outputs(config, workdir, seeds, states, data, fns, data_description, evals, diverged):
+    """results.csv, final_stats.npz, the ensemble's files, summary.md, examples.npz and run.json
+    of host results (``evals``: {"default", "no_smoothing" (or None), "ensembles"})."""
+    table = _write_final(workdir, "default", seeds, evals["default"], diverged)
     summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
-    if evals_ns is not None:
-        table_ns = _write_final(workdir, "no_smoothing", seeds, evals_ns, diverged)
+    threshold = methods.of(config).threshold(config)
+    ensembles = evals["ensembles"]
+    if "default" in ensembles:
+        summary += _write_ensemble(
+            workdir, "default", seeds, ensembles["default"], diverged, threshold
+        )
+    if evals["no_smoothing"] is not None:
+        table_ns = _write_final(workdir, "no_smoothing", seeds, evals["no_smoothing"], diverged)
         summary += "\n" + results.summary_markdown(
             f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
             seeds,
@@ -118,6 +142,10 @@ def _write_outputs(
             diverged,
             data_description,
         )
+        if "no_smoothing" in ensembles:
+            summary += _write_ensemble(
+                workdir, "no_smoothing", seeds, ensembles["no_smoothing"], diverged, threshold
+            )
     workdir_io.write_summary(workdir, summary)
     _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
     device = jax.devices()[0]
@@ -137,6 +165,30 @@ def _write_outputs(
         "summary": summary,
         "grid_rows": [],
     }
+
+
+def _write_ensemble(workdir, variant, seeds, per_row, diverged, threshold) -> str:
+    """results_ensemble{suffix}.csv and final_stats_ensemble{suffix}.npz; the summary's table."""
+    weights = (~np.asarray(diverged, bool)).astype(np.float32)
+    if not weights.any():
+        return ""
+    sizes = ensemble_lib.by_size(per_row, weights)
+    joined = [int(s) for s, w in zip(seeds, weights, strict=True) if w > 0]
+
+    def stacked(key):
+        return np.stack([np.asarray(sizes[s][key], np.int64) for s in SPLITS], axis=1)
+
+    hists = stacked("histograms")
+    table = workdir_io.write_ensemble(
+        workdir,
+        joined,
+        stacked("confusion"),
+        stacked("cls_confusion"),
+        hists[:, :, 0],
+        hists[:, :, 1],
+        variant,
+    )
+    return results.ensemble_markdown(table, len(joined), threshold, len(seeds) - len(joined))
 
 
 def _write_examples(config, workdir, seeds, states, data, fns, table, diverged) -> None:
