@@ -68,6 +68,7 @@ def _variant_content(run: Run, threshold_metric: str) -> dict:
         "values": run.values,
         "summary": summary_table(run),
         "fair_threshold": _fair(run, threshold_metric),
+        "ensemble": run.ensemble,
     }
 
 
@@ -79,6 +80,7 @@ def _figures(run: Run, curves: dict, out: pathlib.Path) -> dict[str, str]:
         ("mcc_hist", lambda p: figures.plot_mcc_histogram(run, p)),
         ("curves", lambda p: figures.plot_learning_curves(run, curves, p)),
         ("examples", lambda p: figures.plot_examples(run, p)),
+        ("ensemble", lambda p: figures.plot_ensemble_size(run, p)),
     ):
         path = out / f"{slug}_{kind}.png"
         if plot(path):
@@ -100,6 +102,7 @@ def _run_entry(run: Run, threshold_metric: str, out: pathlib.Path) -> dict:
         "summary": summary_table(run),
         "curves": curves,
         "fair_threshold": _fair(run, threshold_metric),
+        "ensemble": run.ensemble,
         "figures": _figures(run, curves, out),
         "variant": run.variant,
         "variants": {v: _variant_content(r, threshold_metric) for v, r in run.variants.items()},

@@ -153,3 +153,36 @@ def plot_grid(runs: list[Run], field: str, values: list, path: pathlib.Path, met
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.91)
     _save(fig, path)
     return True
+
+
+def plot_ensemble_size(run: Run, path: pathlib.Path, split: str = "test") -> bool:
+    """Test MCC and IoU of the ensemble of the first k seeds against k, with the seeds' own
+    median (dashed) and range (band) behind it.
+
+    Returns:
+        False (and writes nothing) when the run has no ensemble.
+    """
+    if run.ensemble is None:
+        return False
+    panels = [m for m in ("mcc", "iou") if m in run.ensemble[split]]
+    if not panels:
+        return False
+    fig = Figure(figsize=(5 * len(panels), 3.8))
+    for i, metric in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        curve = np.asarray(run.ensemble[split][metric], np.float64)
+        sizes = np.arange(1, curve.size + 1)
+        seeds = np.asarray(run.values[split].get(metric, np.array([])), np.float64)
+        seeds = seeds[np.isfinite(seeds)]
+        if seeds.size:
+            ax.axhspan(seeds.min(), seeds.max(), color="0.85", label="seeds: range")
+            ax.axhline(np.median(seeds), color="0.4", ls="--", lw=1, label="seeds: median")
+        ax.plot(sizes, curve, "o-", color=SPLIT_COLORS[split], ms=3, label="ensemble of k")
+        ax.set_xlabel("ensemble size k (first k seeds)")
+        ax.set_ylabel(f"{SPLIT_TITLES[split]} {metric_title(metric)}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{run.name}: what more seeds buy")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
+    _save(fig, path)
+    return True

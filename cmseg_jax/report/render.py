@@ -54,6 +54,46 @@ def thesis_table_markdown(run: Run) -> str:
     return "\n".join(lines)
 
 
+def ensemble_markdown(run: Run) -> str:
+    """The ensemble of the run's seeds beside their statistics: per metric and split, the seeds'
+    ``mean ± std (median)`` and the value of the whole ensemble."""
+    ens = run.ensemble
+    size = len(next(iter(ens[SPLITS[0]].values())))
+    header = [""]
+    for s in SPLITS:
+        header += [f"{SPLIT_TITLES[s]}: seeds", f"{SPLIT_TITLES[s]}: ensemble of {size}"]
+    rows = []
+    for m in ens[SPLITS[0]]:
+        cells = ["PxAP" if m == "pxap" else metric_title(m)]
+        for split in SPLITS:
+            seeds = run.values[split].get(m)
+            if seeds is None and m == "pxap" and run.final_stats is not None:
+                seeds = _seed_pxap(run, split)
+            if seeds is None:
+                cells.append("")
+            else:
+                st = stats.summarize(seeds)
+                cells.append(stats.format_cell(st["mean"], st["std"], st["median"]))
+            cells.append(_num(ens[split][m][-1]))
+        rows.append(cells)
+    lines = [
+        f"The ensemble of the {size} seeds that did not diverge: the mean of their liver scores, "
+        "thresholded as one seed's, one value per split (not a spread). Every comparison and "
+        "test in this report is over the seeds, not over ensembles.",
+        "",
+        *_md_table(header, rows),
+    ]
+    return "\n".join(lines)
+
+
+def _seed_pxap(run: Run, split: str) -> np.ndarray:
+    """Per-seed PxAP on ``split`` from ``final_stats`` (NaN for diverged seeds)."""
+    fs = run.final_stats
+    j = list(fs["splits"]).index(split)
+    values = metrics.pxap(fs["hist_liver"][:, j], fs["hist_background"][:, j])
+    return np.where(np.isin(fs["seeds"], run.diverged), np.nan, values)
+
+
 def fair_threshold_markdown(fair: dict, exclude_seeds: Sequence[int] = ()) -> str:
     """Summary table of PxAP and fixed- vs validation-chosen-threshold metrics.
 
@@ -243,6 +283,19 @@ def run_markdown(run: Run, entry: dict) -> list[str]:
         notes = [f"- note: {n}" for n in content["notes"]]
         md += ["", f"### Results, {VARIANT_TITLES[v]}", "", *notes, *([""] if notes else [])]
         md.append(thesis_table_markdown(run.variants[v]))
+    for title, r in (("", run), *((f", {VARIANT_TITLES[v]}", x) for v, x in run.variants.items())):
+        if r.ensemble is not None:
+            md += ["", f"### The ensemble of the seeds{title}", "", ensemble_markdown(r)]
+    if "ensemble" in figures:
+        md += [
+            "",
+            "### What more seeds buy",
+            "",
+            "Test MCC and IoU of the ensemble of the first k seeds (seed order), against k; "
+            "behind it the seeds' own median and range.",
+            "",
+            f"![ensemble size]({figures['ensemble']})",
+        ]
     if "mcc_hist" in figures:
         md += ["", "### MCC per seed", "", f"![MCC histogram]({figures['mcc_hist']})"]
     if "curves" in figures:

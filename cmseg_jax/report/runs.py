@@ -41,7 +41,11 @@ class Run:
             :data:`cmseg_jax.workdir.VARIANTS`).
         variants: the run's extra evaluation variants present in the workdir, name -> a
             :class:`Run` that shares everything but ``values``, ``source``, ``final_stats``,
-            ``notes`` and ``variant`` (and has no ``variants`` of its own).
+            ``ensemble``, ``notes`` and ``variant`` (and has no ``variants`` of its own).
+        ensemble: the ensemble of the seeds by size (``results_ensemble{suffix}.csv``):
+            split -> metric -> ``(M,)``, entry k - 1 the ensemble of the first k seeds that did
+            not diverge; None for a workdir without one (written before ensembles were
+            evaluated, or with ``eval.ensemble=False``).
     """
 
     name: str
@@ -57,6 +61,7 @@ class Run:
     notes: list[str]
     variant: str = "default"
     variants: dict[str, Run] = dataclasses.field(default_factory=dict)
+    ensemble: dict[str, dict[str, np.ndarray]] | None = None
 
     @property
     def ok_mask(self) -> np.ndarray:
@@ -215,6 +220,7 @@ def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
         examples=examples,
         notes=notes,
     )
+    run.ensemble = _load_ensemble(workdir, "default", notes)
     for variant in workdir_io.VARIANTS:
         if variant != "default":
             extra = _load_variant(run, variant)
@@ -280,4 +286,30 @@ def _load_variant(run: Run, variant: str) -> Run | None:
         notes=notes,
         variant=variant,
         variants={},
+        ensemble=_load_ensemble(run.workdir, variant, notes),
     )
+
+
+def _load_ensemble(workdir: pathlib.Path, variant: str, notes: list[str]) -> dict | None:
+    """``results_ensemble{suffix}.csv`` as split -> metric -> (M,) by size; None when absent."""
+    by_size = _read_noted(
+        workdir_io.read_ensemble_results,
+        workdir_io.ensemble_results_name(variant),
+        notes,
+        workdir,
+        variant,
+    )
+    if not by_size:
+        return None
+    sizes = sorted(by_size)
+    if sizes != list(range(1, len(sizes) + 1)):
+        notes.append(f"{workdir_io.ensemble_results_name(variant)}: sizes {sizes} are not 1 … M")
+        return None
+    metric_names = [m for m in workdir_io.ENSEMBLE_METRICS if m in by_size[1].get(SPLITS[0], {})]
+    return {
+        split: {
+            m: np.array([by_size[k].get(split, {}).get(m, math.nan) for k in sizes])
+            for m in metric_names
+        }
+        for split in SPLITS
+    }

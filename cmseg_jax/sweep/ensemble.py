@@ -1,5 +1,6 @@
-"""The ensemble of a sweep's seeds, on the device: one compiled call per split gives the
-statistics of the ensemble of the first k seeds for every k (and of each grid point apart).
+"""The ensemble of a sweep's seeds, on the device: one compiled call gives the
+statistics of the ensemble of the first k seeds for every k (and of each grid point apart),
+on every evaluation split.
 
 An ensemble's liver score is the mean of its seeds' scores (:func:`cmseg_jax.train.ensemble_terms`),
 thresholded as one seed's. For every evaluation batch the seeds' scores are added one seed at a
@@ -49,7 +50,8 @@ def make_evaluate(
     seeds_per_group: int,
     groups: int = 1,
 ) -> Callable:
-    """The jitted ensemble evaluation of one split.
+    """The jitted ensemble evaluation of the evaluation splits, in one call (one compile: the
+    splits differ only in their number of batches).
 
     Args:
       terms: (state, images (B, S, S)) -> (scores (B, S, S), image scores (B,)) of one seed.
@@ -60,15 +62,16 @@ def make_evaluate(
       groups: grid points; each is its own ensemble.
 
     Returns:
-      ``fn(states, split, weights)``: states (R, …) seed-stacked (sharded over ``seed``),
-      ``weights`` (R,) float32, 1 for a row in the ensemble (0: diverged or padding) ->
-      per-row sums {"confusion" (R, 4), "cls_confusion" (R, 4), "histograms" (R, 2, bins)} of the
-      ensemble of that row's group up to and including it; row order as the states'.
+      ``fn(states, splits, weights)``: states (R, …) seed-stacked (sharded over ``seed``),
+      ``splits`` {name: split}, ``weights`` (R,) float32, 1 for a row in the ensemble (0:
+      diverged or padding) -> {name: per-row sums {"confusion" (R, 4), "cls_confusion" (R, 4),
+      "histograms" (R, 2, bins)}} of the ensemble of that row's group up to and including it;
+      row order as the states'.
     """
     shards = layout.shards
     mesh = layout.mesh
 
-    def run(states, split, weights):
+    def run(states, splits, weights):
         rows = jax.tree_util.tree_leaves(states)[0].shape[0]
         local = rows // shards
         chunk = layout.chunk if 0 < layout.chunk < local else local
@@ -81,20 +84,39 @@ def make_evaluate(
                 ),
                 states,
             )
-        n = split["images"].shape[0]
-        if n % eval_batch:
-            raise ValueError(f"eval split of {n} slices is not padded to eval.batch_size")
+        names = list(splits)
+        batches = []
+        for name in names:
+            n = splits[name]["images"].shape[0]
+            if n % eval_batch:
+                raise ValueError(f"eval split of {n} slices is not padded to eval.batch_size")
+            batches.append(n // eval_batch)
+        # Batch t of the flattened splits is batch t - first[s] of split s.
+        first = np.concatenate([[0], np.cumsum(batches)]).astype(np.int32)
         group_of = np.minimum(np.arange(rows) // seeds_per_group, groups - 1).astype(np.int32)
 
-        def on_device(block, split, weights):
+        def on_device(block, splits, weights):
             me = lax.axis_index("seed")
+            split_list = [splits[name] for name in names]
 
-            def batch_sums(i):
-                def sl(x):
-                    return lax.dynamic_slice_in_dim(x, i * eval_batch, eval_batch)
+            def batch_of(t):
+                """Split index and (images, (masks, labels, valid)) of flattened batch t."""
+                sid = jnp.sum(t >= jnp.asarray(first[1:-1])).astype(jnp.int32)
+                start = (t - jnp.take(jnp.asarray(first), sid)) * eval_batch
 
-                images = dataset.decode_images(sl(split["images"]))
-                batch = (sl(split["masks"]), sl(split["labels"]), sl(split["valid"]))
+                def take(split):
+                    def sl(x):
+                        return lax.dynamic_slice_in_dim(x, start, eval_batch)
+
+                    return (
+                        dataset.decode_images(sl(split["images"])),
+                        (sl(split["masks"]), sl(split["labels"]), sl(split["valid"])),
+                    )
+
+                branches = [lambda sp=sp: take(sp) for sp in split_list]
+                return sid, lax.switch(sid, branches)
+
+            def batch_sums(images, batch):
                 shape = images.shape
                 like = jax.eval_shape(
                     stats,
@@ -117,11 +139,11 @@ def make_evaluate(
                     scores, image_scores = jax.vmap(terms, in_axes=(0, None))(mine, images)
                     scores = lax.all_gather(scores, "seed", tiled=True)
                     image_scores = lax.all_gather(image_scores, "seed", tiled=True)
-                    first = k * shards * chunk
-                    ids = first + jnp.arange(shards * chunk)
+                    base = k * shards * chunk
+                    ids = base + jnp.arange(shards * chunk)
                     w = jnp.take(weights, ids)
                     g = jnp.take(jnp.asarray(group_of), ids)
-                    own = (ids >= first + me * chunk) & (ids < first + (me + 1) * chunk)
+                    own = (ids >= base + me * chunk) & (ids < base + (me + 1) * chunk)
 
                     def add(c, x):
                         sums, image_sums, counts = c
@@ -162,24 +184,31 @@ def make_evaluate(
                 )
                 return lax.fori_loop(0, steps, step, init)[3]
 
-            def body(totals, i):
-                return jax.tree_util.tree_map(jnp.add, totals, batch_sums(i)), None
+            def body(t, totals):
+                sid, (images, batch) = batch_of(t)
+                sums = batch_sums(images, batch)
+                return jax.tree_util.tree_map(lambda acc, v: acc.at[sid].add(v), totals, sums)
 
-            first = batch_sums(0)
-            totals, _ = lax.scan(body, first, jnp.arange(1, n // eval_batch))
-            return totals
+            images, batch = batch_of(jnp.int32(0))[1]
+            like = jax.eval_shape(batch_sums, images, batch)
+            totals = jax.tree_util.tree_map(
+                lambda a: jnp.zeros((len(names),) + a.shape, a.dtype), like
+            )
+            return lax.fori_loop(0, int(first[-1]), body, totals)
 
         out = jax.shard_map(
             on_device,
             mesh=mesh,
             in_specs=(P("seed"), P(), P()),
-            out_specs=P("seed"),
+            out_specs=P(None, "seed"),
             check_vma=False,
-        )(states, split, weights)
+        )(states, splits, weights)
         if shards > 1:
             back = np.argsort(_interleave(rows, shards, chunk))
-            out = jax.tree_util.tree_map(lambda x: jnp.take(x, back, axis=0), out)
-        return out
+            out = jax.tree_util.tree_map(lambda x: jnp.take(x, back, axis=1), out)
+        return {
+            name: jax.tree_util.tree_map(lambda x, i=i: x[i], out) for i, name in enumerate(names)
+        }
 
     return jax.jit(run, out_shardings=layout.replicated)
 

@@ -78,10 +78,8 @@ def evaluate_ensembles(fns, states, data, diverged) -> dict:
     weights[:num] = ~np.asarray(diverged, bool)
     weights = distributed.put(weights, fns.layout.replicated)
     states = states.replace(opt_state=None)  # the scores need params and batch statistics only
-    out = {
-        variant: {split: fn(states, data[split], weights) for split in SPLITS}
-        for variant, fn in fns.ensemble.items()
-    }
+    splits = {split: data[split] for split in SPLITS}
+    out = {variant: fn(states, splits, weights) for variant, fn in fns.ensemble.items()}
     return jax.tree_util.tree_map(lambda x: x[:num], _host(out))
 
 
