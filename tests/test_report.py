@@ -187,6 +187,8 @@ def test_thesis_table_from_results_csv(sweeps):
     run = report.load_run(root / "baseline")
     assert run.source.startswith("results.csv")
     assert run.diverged == [3] and len(run.seeds) == 12
+    # A workdir written before ensembles were evaluated reports without one, and says nothing.
+    assert run.ensemble is None and not any("ensemble" in n for n in run.notes)
     values = {}
     with open(root / "baseline" / "results.csv") as f:
         for row in csv.DictReader(f):
@@ -518,8 +520,24 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path):
     # The thesis table: report.md has every row of summary.md's, for both evaluations.
     summary = (tiny_sweep / "summary.md").read_text()
     default_md, no_gs_md = summary.split("\n# ")
-    assert _rows(default_md) and _rows(default_md) == _rows(_section(md, "Results"))
-    assert _rows(no_gs_md) == _rows(_section(md, f"Results, {NO_GS}"))
+    seeds_md, ensemble_md = default_md.split("\nEnsemble of ")
+    assert _rows(seeds_md) and _rows(seeds_md) == _rows(_section(md, "Results"))
+    assert _rows(no_gs_md.split("\nEnsemble of ")[0]) == _rows(_section(md, f"Results, {NO_GS}"))
+
+    # The ensemble: summary.md's table, the report's ensemble column and report.json all give
+    # results_ensemble.csv's whole ensemble (size 2), read here with the csv module.
+    with open(tiny_sweep / "results_ensemble.csv") as f:
+        ens_rows = list(csv.DictReader(f))
+    assert {int(r["size"]) for r in ens_rows} == {1, 2}
+    whole = {(r["split"], r["metric"]): float(r["value"]) for r in ens_rows if r["size"] == "2"}
+    mcc = [f"{whole[(s, 'mcc')]:.3f}" for s in SPLITS]
+    assert "| MCC | " + " | ".join(mcc) + " |" in _rows(ensemble_md)
+    section = _rows(_section(md, "The ensemble of the seeds"))
+    mcc_line = next(ln for ln in section if ln.startswith("| MCC |"))
+    assert mcc_line.split(" | ")[2::2] == mcc[:2] + [mcc[2] + " |"]
+    for (split, metric), value in whole.items():
+        assert entry["ensemble"][split][metric][-1] == pytest.approx(value, rel=1e-5)
+    assert "Every comparison and test in this report is over the seeds" in md
     assert entry["variants"]["no_smoothing"]["source"] == "results_no_smoothing.csv (final)"
 
     # Learning curves: one point per epoch of metrics.jsonl, the mean over its seeds.
@@ -540,7 +558,7 @@ def test_report_of_a_real_sweep(tiny_sweep, tmp_path):
     assert fixed_test_mcc == pytest.approx(test_mcc, rel=1e-5, abs=1e-6)
 
     name = tiny_sweep.name
-    for kind in ("mcc_hist", "curves", "examples"):
+    for kind in ("mcc_hist", "curves", "examples", "ensemble"):
         assert entry["figures"][kind] == f"{name}_{kind}.png"
         assert f"]({name}_{kind}.png)" in md
         _assert_png_ok(out / f"{name}_{kind}.png")

@@ -438,7 +438,7 @@ def finished(tmp_path_factory) -> pathlib.Path:
 
 
 def assert_same_run(workdir: pathlib.Path, ref: pathlib.Path) -> None:
-    for name in ("results.csv", "metrics.jsonl", "summary.md"):
+    for name in ("results.csv", "metrics.jsonl", "summary.md", "results_ensemble.csv"):
         assert (workdir / name).read_text() == (ref / name).read_text(), name
     a, b = np.load(workdir / "final_stats.npz"), np.load(ref / "final_stats.npz")
     for key in b.files:
