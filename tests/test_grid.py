@@ -113,6 +113,10 @@ def test_a_grid_sweep_equals_its_runs_done_separately(sigma_grid, tmp_path, cli_
             )
             got = workdir_io.read_results_csv(point)[seed]
             assert got == workdir_io.read_results_csv(alone)[seed]
+            if seed == 0:  # each point is its own ensemble: its first seed is seed 0 alone
+                ensemble = workdir_io.read_ensemble_results(point)
+                assert sorted(ensemble) == [1, 2]
+                assert ensemble[1] == workdir_io.read_ensemble_results(alone)[1]
             # grid_results.csv carries the same values with the grid column.
             mine = [
                 r for r in rows if (r["seed"], r["model.smoothing_sigma"]) == (seed, float(sigma))

@@ -277,6 +277,7 @@ def test_workdir_accepts_fields_added_to_the_config_later(tmp_path):
 
 
 def _planned(proc):
+    assert "ensemble_bytes_per_device: " in proc.stdout  # the final ensemble's memory is stated
     line = [x for x in proc.stdout.splitlines() if x.startswith("estimated_device_bytes:")][0]
     gib = float(line.split()[1])
     per_chunk = int(line.split(" per chunk")[0].rsplit(" ", 1)[1])

@@ -60,6 +60,15 @@ def main(argv: Sequence[str]) -> None:
             f"devices, {info['seeds_per_chunk']} per chunk; compiled sweep step "
             f"{info['program_bytes_per_device'] / 2**30:.2f} GiB + data)"
         )
+        if "ensemble_bytes_per_device" in info:
+            ens = info["ensemble_bytes_per_device"]
+            if not isinstance(ens, str):
+                ens = f"{ens / 2**30:.2f} GiB" if ens >= 2**30 else f"{ens / 2**20:.1f} MiB"
+                ens += " per device"
+            print(
+                f"ensemble_bytes_per_device: {ens} (the final evaluation's ensemble of every "
+                "seed, beyond the states and data; XLA's memory analysis: memory, not time)"
+            )
         return
     workdir = _WORKDIR.value or default_workdir(config)
     t0 = time.time()

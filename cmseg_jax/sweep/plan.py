@@ -24,6 +24,7 @@ import ml_collections
 from cmseg_jax import cost, errors
 from cmseg_jax.config_base import with_fields
 from cmseg_jax.models.convmixerseg import count_params
+from cmseg_jax.sweep import ensemble as ensemble_lib
 from cmseg_jax.sweep import targets
 from cmseg_jax.sweep.layout import SeedLayout, SweepFns
 from cmseg_jax.train import Trainer, make_train, seed_key
@@ -187,6 +188,38 @@ def step_bytes(
         scalar,
     )
     return _footprint(compile_for_memory(lowered, quiet).memory_analysis())
+
+
+def ensemble_bytes(
+    config: ml_collections.ConfigDict, trainer: Trainer, layout: SeedLayout, n: int, quiet=False
+) -> int:
+    """Per-device bytes the ensemble pass (:mod:`cmseg_jax.sweep.ensemble`) needs beyond the
+    seeds' states and the data already resident: XLA's temporaries and outputs of the compiled
+    pass for ``n`` seed rows laid out by ``layout``, on splits of one evaluation batch each (its
+    working set does not grow with the split). Memory, not time.
+
+    Raises:
+      DoesNotFit: the device's compiler refused the program for want of memory.
+    """
+    key = seed_key(0, 0)
+    keys = jax.ShapeDtypeStruct((n,) + key.shape, key.dtype, sharding=layout.seeds)
+    init = SweepFns(trainer, layout, steps_per_call=1).init
+    states = _placed(jax.eval_shape(init, (keys,)), layout.seeds).replace(opt_state=None)
+    split = _placed(
+        _batch_split(with_fields(config, {"train.batch_size": config.eval.batch_size})),
+        layout.replicated,
+    )
+    fn = ensemble_lib.make_evaluate(
+        trainer.ensemble["default"],
+        trainer.ensemble_stats,
+        layout,
+        eval_batch=config.eval.batch_size,
+        seeds_per_group=n,
+    )
+    weights = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=layout.replicated)
+    lowered = fn.lower(states, {name: split for name in ("train", "val", "test")}, weights)
+    mem = compile_for_memory(lowered, quiet).memory_analysis()
+    return 0 if mem is None else mem.temp_size_in_bytes + mem.output_size_in_bytes
 
 
 def balanced_chunks(local: int) -> list[int]:
@@ -494,6 +527,14 @@ def dry_run(
         make_trainer=make,
         target=target,
     )
+    if config.eval.ensemble:
+        try:
+            runs = make(with_fields(config, plan.execution)) if plan.execution else trainer
+            info["ensemble_bytes_per_device"] = ensemble_bytes(
+                config, runs, plan.layout, plan.padded, quiet=target is not None
+            )
+        except DoesNotFit as e:
+            info["ensemble_bytes_per_device"] = f"does not fit ({e.detail})"
     return info | {
         "devices": plan.layout.shards,
         "padded_seeds": plan.padded,
