@@ -11,17 +11,15 @@ fills at least one batch. Both raise :class:`~cmseg_jax.errors.UsageError` namin
 from __future__ import annotations
 
 import math
-import pathlib
 from collections.abc import Sequence
 
 import ml_collections
 
 from cmseg_jax import methods
-from cmseg_jax.data import lits
+from cmseg_jax.data import lits, sources
 from cmseg_jax.errors import UsageError
 
 ARCHS = ("convmixerseg", "fcn_resnet50")
-SOURCES = ("phantom", "lits", "tfds")
 UPSAMPLE = ("transposed", "bilinear")
 DEPTHWISE = ("auto", "conv", "shift")
 DTYPES = ("float32", "bfloat16")
@@ -107,11 +105,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _real(config, "cam.threshold", 0.0, 1.0)
 
     d = "data"
-    source = _choice(config, f"{d}.source", SOURCES)
-    if source == "lits" and not config.data.dir:
-        raise UsageError(
-            "config.data.dir: data.source='lits' needs --config.data.dir=/path/to/LiTS"
-        )
+    source = sources.get(_get(config, f"{d}.source"))
+    source.check(config)
     _int(config, f"{d}.image_size", 1)
     _int(config, f"{d}.split_seed", 0)
     fractions = _numbers(config, f"{d}.fractions", 3)
@@ -131,16 +126,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     lo, hi = _numbers(config, f"{d}.hu_window", 2)
     if not hi > lo:
         raise _bad(f"{d}.hu_window", config.data.hu_window, "must be (low, high) with high > low")
-    if source == "phantom":
-        _int(config, f"{d}.phantom_volumes", 3)
-        shape = _get(config, f"{d}.phantom_shape")
-        if (
-            len(tuple(shape)) != 3
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
-            or min(shape) < 8
-        ):
-            raise _bad(f"{d}.phantom_shape", shape, "must be 3 integers >= 8 (X, Y, Z)")
-        _int(config, f"{d}.phantom_seed", 0)
 
     t = "train"
     _int(config, f"{t}.epochs", 1)
@@ -172,7 +157,7 @@ def check_splits(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> No
       sizes: split name -> number of slices.
     """
     empty = [name for name in lits.SPLITS if sizes.get(name, 0) < 1]
-    where = _where(config)
+    where = sources.of(config).where(config)
     if empty:
         counts = ", ".join(f"{k} {v}" for k, v in sizes.items())
         raise lits.DataError(
@@ -185,12 +170,3 @@ def check_splits(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> No
             f"config.train.batch_size={batch}: larger than the training split "
             f"({sizes['train']} slices); use a smaller batch or more slices per volume"
         )
-
-
-def _where(config: ml_collections.ConfigDict) -> str:
-    d = config.data
-    if d.source == "phantom":
-        return f"config.data.phantom_volumes={d.phantom_volumes}"
-    if d.source == "tfds":
-        return str(pathlib.Path(d.tfds_dir or "$TFDS_DATA_DIR").expanduser())
-    return str(pathlib.Path(d.dir).expanduser())

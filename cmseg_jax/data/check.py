@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmseg_jax import errors
-from cmseg_jax.data import lits, nifti
+from cmseg_jax.data import lits, nifti, sources
 from cmseg_jax.data.lits import Layout
 from cmseg_jax.data.nifti import DataError
 
@@ -191,7 +191,7 @@ def check_directory(
     """
     out = sys.stdout if out is None else out
     problems = sys.stderr if problems is None else problems
-    layout = lits.scan_cases(data_dir)  # the loader's own rules, every problem listed
+    layout = sources.scan_directory(data_dir)  # the loader's own rules, every problem listed
     if layout.cases:
         try:  # the loader's split rule, with the thesis' fractions
             lits.check_split(data_dir, [n for n, _, _ in layout.cases])

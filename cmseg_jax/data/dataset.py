@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cmseg_jax.data import lits, phantom
+from cmseg_jax.data import lits, sources
 from cmseg_jax.data.lits import SPLITS
 from cmseg_jax.io_utils import default_cache_root
 
@@ -19,12 +19,8 @@ IMAGE_SCALE = 32767.0
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.SliceSet], str]:
-    """Loads (and caches) the slice sets of ``config.data``.
-
-    With ``data.source == 'phantom'`` the embedded CT phantom is generated (once, cached) as
-    LiTS-format NIfTI files and read back through the same loader as LiTS. With ``'tfds'`` the
-    ``lits_slices`` TFDS dataset is read (built first from ``data.dir`` if missing), giving the
-    arrays ``'lits'`` gives for the same files.
+    """Loads (and caches) the slice sets of ``config.data`` through its source's record
+    (:mod:`cmseg_jax.data.sources`: the embedded phantom, LiTS, the TFDS dataset, ...).
 
     Returns:
       ({'train', 'val', 'test'} -> SliceSet, a one-line description of the data used).
@@ -39,35 +35,9 @@ def load_dataset(config: ml_collections.ConfigDict) -> tuple[dict[str, lits.Slic
         background_slices=d.background_slices,
         hu_window=tuple(d.hu_window),
     )
-    if d.source == "tfds":
-        from cmseg_jax.data import tfds_source
-
-        tfds_dir = (
-            pathlib.Path(d.tfds_dir).expanduser() if d.tfds_dir else tfds_source.default_tfds_dir()
-        )
-        manual_dir = pathlib.Path(d.dir).expanduser() if d.dir else None
-        splits = tfds_source.load_splits_tfds(tfds_dir, manual_dir=manual_dir, **sampling)
-        what = tfds_source.describe(tfds_dir, **sampling)
-    else:
-        if d.source == "phantom":
-            data_dir = phantom.ensure_phantom(
-                phantom.cache_dir(cache_root),
-                num_volumes=d.phantom_volumes,
-                shape=tuple(d.phantom_shape),
-                seed=d.phantom_seed,
-            )
-            what = (
-                f"SYNTHETIC embedded CT phantom ({d.phantom_volumes} volumes "
-                f"{tuple(d.phantom_shape)}, seed {d.phantom_seed}) at {data_dir} -- NOT LiTS"
-            )
-        elif d.source == "lits":
-            if not d.dir:
-                raise ValueError("data.source='lits' needs --config.data.dir=/path/to/LiTS")
-            data_dir = pathlib.Path(d.dir).expanduser()
-            what = f"LiTS-format NIfTI volumes from {data_dir}"
-        else:
-            raise ValueError(f"data.source must be 'phantom', 'lits' or 'tfds', got {d.source!r}")
-        splits = lits.load_splits(data_dir, cache_dir=cache_root / "slices", **sampling)
+    source = sources.of(config)
+    source.check(config)
+    splits, what = source.load(config, cache_root, sampling)
     sizes = ", ".join(f"{name} {len(splits[name].labels)}" for name in SPLITS)
     what = f"{what}; slices: {sizes}; image size {d.image_size}"
     logging.info("DATA: %s", what)

@@ -137,13 +137,14 @@ def scan_cases(data_dir) -> Layout:
     return Layout(cases, errors, warnings)
 
 
-def find_cases(data_dir) -> list[tuple[int, pathlib.Path, pathlib.Path]]:
+def find_cases(data_dir, scan=None) -> list[tuple[int, pathlib.Path, pathlib.Path]]:
     """Finds ``volume-N`` / ``segmentation-N`` pairs (``.nii`` or ``.nii.gz``) under data_dir.
 
     Same rules as :func:`scan_cases`; segmentations without a volume are logged and ignored.
 
     Args:
       data_dir: directory to search.
+      scan: the layout's scanner (default :func:`scan_cases`).
 
     Returns:
       [(N, volume_path, segmentation_path)] sorted by N.
@@ -152,7 +153,7 @@ def find_cases(data_dir) -> list[tuple[int, pathlib.Path, pathlib.Path]]:
       DataError: the directory is missing or holds no volumes, a volume has no segmentation, or a
         case has two files of the same kind (the first problem :func:`scan_cases` lists).
     """
-    layout = scan_cases(data_dir)
+    layout = (scan or scan_cases)(pathlib.Path(data_dir))
     if layout.errors:
         raise DataError(layout.errors[0])
     for line in layout.warnings:
@@ -386,13 +387,15 @@ def sampling_params(
     )
 
 
-def load_splits(data_dir, *, cache_dir=None, **sampling) -> dict[str, SliceSet]:
+def load_splits(data_dir, *, cache_dir=None, scan=None, **sampling) -> dict[str, SliceSet]:
     """Loads the train / val / test slice sets following the thesis' protocol (module docstring).
 
     Args:
       data_dir: directory with volume-N / segmentation-N files (LiTS or the phantom).
       cache_dir: if given, the result is cached there as a compressed .npz keyed by the
         parameters and the data files' names, sizes and modification times.
+      scan: (data_dir) -> :class:`Layout`, how the cases are found (default :func:`scan_cases`,
+        LiTS' ``volume-N`` / ``segmentation-N``; other layouts in :mod:`cmseg_jax.data.sources`).
       **sampling: the protocol's parameters, those of :func:`sampling_params` (``image_size``,
         ``split_seed``, ``fractions``, ``liver_slices``, ``background_slices``, ``hu_window``);
         omitted ones take the thesis' values.
@@ -404,7 +407,7 @@ def load_splits(data_dir, *, cache_dir=None, **sampling) -> dict[str, SliceSet]:
       DataError: a data file is missing or malformed.
     """
     data_dir = pathlib.Path(data_dir)
-    cases = find_cases(data_dir)
+    cases = find_cases(data_dir, scan)
     protocol = sampling_params(**sampling)
     params = dict(version=CACHE_FORMAT_VERSION, **protocol)
     counts = (protocol["liver_slices"], protocol["background_slices"])

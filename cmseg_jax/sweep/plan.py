@@ -23,6 +23,7 @@ import ml_collections
 
 from cmseg_jax import cost, errors
 from cmseg_jax.config_base import with_fields
+from cmseg_jax.data import sources
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.sweep import ensemble as ensemble_lib
 from cmseg_jax.sweep import targets
@@ -32,8 +33,6 @@ from cmseg_jax.train import Trainer, make_train, seed_key
 # Share of a device's memory the planned step and the resident data may take; the rest is for
 # XLA's own workspace, fragmentation and the (smaller) evaluation programs.
 HEADROOM = 0.9
-# Slice count assumed by the dry run for LiTS (131 volumes) when no data are read.
-LITS_VOLUMES = 131
 
 
 def target_of(config: ml_collections.ConfigDict) -> targets.Target | None:
@@ -103,9 +102,9 @@ def memory_budget(
 
 def estimated_data_bytes(config: ml_collections.ConfigDict) -> int:
     """Resident data of a run before any is read: every slice at 3 bytes a pixel (int16 image,
-    uint8 mask), for the phantom's volumes or LiTS' 131."""
+    uint8 mask), for as many volumes as the data source plans for (the phantom's, LiTS' 131)."""
     d = config.data
-    volumes = d.phantom_volumes if d.source == "phantom" else LITS_VOLUMES
+    volumes = sources.of(config).volumes(config)
     return volumes * (d.liver_slices + d.background_slices) * d.image_size**2 * 3
 
 
