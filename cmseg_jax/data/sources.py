@@ -45,8 +45,9 @@ class Source:
         source's layout, every problem listed (None: the source reads no directory of cases).
       detect: (directory) -> whether a directory is in this source's layout (for the dataset
         check and ``predict``, which are given a directory, not a config).
-      predict_names: (input paths) -> [(output name, label key)] for ``predict``'s directory mode,
-        or None for the default naming (see :mod:`cmseg_jax.predict.volumes`).
+      case_name: (a file's name without .nii[.gz]) -> its case's name, for ``predict``'s
+        directory mode (output names and the labels an input is matched with); None keeps names
+        (:func:`cmseg_jax.predict.volumes.output_name`).
     """
 
     name: str
@@ -57,7 +58,7 @@ class Source:
     check: Callable = lambda config: None
     scan: Callable | None = None
     detect: Callable | None = None
-    predict_names: Callable | None = None
+    case_name: Callable | None = None
 
 
 def _data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:

@@ -20,7 +20,9 @@ Directories: with ``IN`` a directory, every ``*.nii`` / ``*.nii.gz`` under it (h
 LiTS ``segmentation-N`` files skipped) is segmented into ``OUT/<same relative path>``, always
 ``.nii.gz`` (the nnU-Net convention: the mask carries the input's name); ``--prob`` is then a
 directory too. ``--label_dir`` gives ground truth: ``segmentation-N.nii[.gz]`` anywhere under it for
-an input ``volume-N``, else a file of the input's name. Liver is label 1 or 2 (tumour is liver).
+an input ``volume-N``, else a file of the input's name. A data source may name cases otherwise
+(``case_name`` of :mod:`cmseg_jax.data.sources`, looked up for ``IN`` and its parent directory).
+Liver is label 1 or 2 (tumour is liver).
 
 Metrics (``--label`` / ``--label_dir``): per case Dice, IoU, MCC, precision and recall over the
 voxels of the input grid; over a directory also the *global* values (one confusion matrix pooled

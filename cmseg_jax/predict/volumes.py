@@ -170,10 +170,31 @@ def find_inputs(in_dir) -> list[pathlib.Path]:
     ]
 
 
-def output_name(input_path: pathlib.Path, in_dir: pathlib.Path) -> pathlib.Path:
-    """``in_dir/a/b.nii[.gz]`` -> ``a/b.nii.gz``: the relative path, always gzip-compressed."""
+def _stem(path: pathlib.Path, case_name=None) -> str:
+    stem = NIFTI_RE.sub("", path.name)
+    return stem if case_name is None else case_name(stem)
+
+
+def output_name(input_path: pathlib.Path, in_dir: pathlib.Path, case_name=None) -> pathlib.Path:
+    """``in_dir/a/b.nii[.gz]`` -> ``a/b.nii.gz``: the relative path, always gzip-compressed.
+
+    ``case_name`` (a data source's, :func:`naming`) maps a file's stem to its case's name: an
+    nnU-Net input ``a/case_0000.nii.gz`` is written as ``a/case.nii.gz``.
+    """
     rel = input_path.relative_to(in_dir)
-    return rel.with_name(NIFTI_RE.sub("", rel.name) + ".nii.gz")
+    return rel.with_name(_stem(rel, case_name) + ".nii.gz")
+
+
+def naming(in_dir) -> object:
+    """The input directory's data source's ``case_name`` rule (None: names are kept)."""
+    from cmseg_jax.data import sources
+
+    in_dir = pathlib.Path(in_dir)
+    for directory in (in_dir, in_dir.parent):  # imagesTs/ sits beside the dataset's description
+        source = sources.for_directory(directory)
+        if source.case_name is not None:
+            return source.case_name
+    return None
 
 
 def find_labels(label_dir) -> dict[str, pathlib.Path]:
@@ -197,10 +218,11 @@ def find_labels(label_dir) -> dict[str, pathlib.Path]:
     return found
 
 
-def label_key(input_path: pathlib.Path) -> str:
-    """The key of :func:`find_labels` an input is matched with."""
+def label_key(input_path: pathlib.Path, case_name=None) -> str:
+    """The key of :func:`find_labels` an input is matched with (``case_name`` as for
+    :func:`output_name`)."""
     m = _LITS_VOLUME_RE.match(input_path.name)
-    return f"lits:{int(m.group(1))}" if m else NIFTI_RE.sub("", input_path.name)
+    return f"lits:{int(m.group(1))}" if m else _stem(input_path, case_name)
 
 
 def segment_directory(
@@ -234,12 +256,13 @@ def segment_directory(
     inputs = find_inputs(in_dir)
     if not inputs:
         raise DataError(f"{in_dir}: no .nii or .nii.gz files found")
-    names = [output_name(p, in_dir) for p in inputs]
+    case_name = naming(in_dir)
+    names = [output_name(p, in_dir, case_name) for p in inputs]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise DataError(f"{in_dir / dup}: both .nii and .nii.gz inputs map to this output")
     labels = find_labels(label_dir) if label_dir is not None else {}
-    if label_dir is not None and not any(label_key(p) in labels for p in inputs):
+    if label_dir is not None and not any(label_key(p, case_name) in labels for p in inputs):
         raise DataError(f"{label_dir}: no label matches any input volume")
     results = []
     for path, name in tqdm(
@@ -248,7 +271,7 @@ def segment_directory(
         disable=not progress,
         file=sys.stderr,
     ):
-        label = labels.get(label_key(path))
+        label = labels.get(label_key(path, case_name))
         if label_dir is not None and label is None:
             print(f"{path}: warning: no label under {label_dir}; not scored", file=sys.stderr)
         results.append(
