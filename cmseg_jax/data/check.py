@@ -1,9 +1,12 @@
-"""Integrity check of a LiTS-format dataset directory, before a long run finds a bad file.
+"""Integrity check of a dataset directory, before a long run finds a bad file.
 
     python -m cmseg_jax.data.check /data/LiTS [--hu_min -3100,-500] [--hu_max 100,4000]
 
-Every case goes through the training loader's readers (:func:`cmseg_jax.data.lits.scan_cases`,
-:func:`cmseg_jax.data.nifti.load_case`), so a file that passes here loads in training. Checked:
+The directory's layout is that of the data source that claims it
+(:func:`cmseg_jax.data.sources.for_directory`: LiTS' when none other does). Every case goes
+through the training loader's readers (the source's ``scan``, for LiTS
+:func:`cmseg_jax.data.lits.scan_cases`, then :func:`cmseg_jax.data.nifti.load_case`), so a file
+that passes here loads in training. Checked (in LiTS' terms; other layouts name their own files):
 
 * every ``volume-N`` has a ``segmentation-N`` (all missing ones are listed, not just the first);
   a segmentation without its volume, or a second file of the same kind for one case, is reported;
@@ -250,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (module docstring). Returns 1 if any error was found, else 0."""
     parser = errors.ArgumentParser(
         prog="python -m cmseg_jax.data.check",
-        description="Check a LiTS-format directory (volume-N / segmentation-N NIfTI files).",
+        description="Check a dataset directory: LiTS-format volume-N / segmentation-N NIfTI "
+        "files, or any other layout a data source registers (cmseg_jax.data.sources).",
     )
     parser.add_argument("data_dir")
     parser.add_argument("--hu_min", type=_range, default=HU_MIN_RANGE, help="LO,HI for min HU")
