@@ -202,3 +202,14 @@ def for_directory(directory) -> Source:
 def scan_directory(directory) -> Layout:
     """The cases of ``directory`` in whichever layout it is in (:func:`for_directory`)."""
     return for_directory(directory).scan(pathlib.Path(directory))
+
+
+def _register(*records: Source) -> None:
+    for record in records:
+        SOURCES[record.name] = record
+
+
+# Sources in modules of their own (imported last: they build their records from this module's).
+from cmseg_jax.data import msd  # noqa: E402
+
+_register(msd.SOURCE)
