@@ -29,13 +29,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cmseg_jax import errors
+from cmseg_jax import workdir as workdir_io
 from cmseg_jax.models.convmixerseg import upgrade_legacy_layout
 
 CHECKSUM_KEY = "sha256"
 SIGNATURE_KEY = "arrays"
 # A caller's own JSON text kept with a checkpoint (the sweep: its metrics.jsonl rows so far).
 RECORD_KEY = "record"
-CORRUPT_DIR = "corrupt_checkpoints"
+CORRUPT_DIR = workdir_io.CORRUPT_DIR
 
 
 class CorruptCheckpoint(errors.IOFailure):
@@ -80,7 +81,7 @@ class Checkpointer:
         self,
         workdir: str | pathlib.Path,
         max_to_keep: int = 2,
-        subdir: str = "checkpoints",
+        subdir: str = workdir_io.CHECKPOINTS_DIR,
         create: bool = True,
     ):
         self.workdir = pathlib.Path(workdir).absolute()
@@ -317,7 +318,7 @@ class InterruptedCheckpoint:
     that epoch's own checkpoint is written.
     """
 
-    SUBDIR = "interrupted"
+    SUBDIR = workdir_io.INTERRUPTED_DIR
 
     def __init__(self, workdir: str | pathlib.Path):
         self.workdir = pathlib.Path(workdir).absolute()
@@ -367,8 +368,3 @@ def tree_signature(tree: Any) -> dict[str, str]:
         jax.tree_util.keystr(p): f"{np.dtype(x.dtype).name}{tuple(int(d) for d in x.shape)}"
         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
-
-
-def select_seed(stacked_state: Any, index: int) -> Any:
-    """One seed's state (host numpy) out of a seed-stacked state; ``index`` is its row."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x[index]), stacked_state)

@@ -35,6 +35,12 @@ class UsageError(ValueError):
     exit_code = EXIT_USAGE
 
 
+class DataError(ValueError):
+    """A data file is missing or malformed. One-line message: '<file>: <what is wrong>'."""
+
+    exit_code = EXIT_DATA  # a data failure, not a usage mistake
+
+
 class IOFailure(RuntimeError):
     """A file, checkpoint or the disk failed (exit status 1); the message names the path."""
 
@@ -107,8 +113,6 @@ def first_line(exc: BaseException) -> str:
 
 def describe(exc: BaseException) -> tuple[int, str] | None:
     """(exit status, one-line message) of an expected failure; None for anything else (a bug)."""
-    from cmseg_jax.data.nifti import DataError  # nifti imports nothing from here
-
     if isinstance(exc, Interrupted):
         return exc.exit_code, f"interrupted ({exc.signal_name}): {first_line(exc)}"
     if isinstance(exc, KeyboardInterrupt):

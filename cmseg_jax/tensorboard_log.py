@@ -32,12 +32,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from cmseg_jax import errors
+from cmseg_jax import workdir as workdir_io
 from cmseg_jax.data.dataset import SPLITS
 from cmseg_jax.results import RESULT_METRICS
 
-SUBDIR = "tensorboard"
+SUBDIR = workdir_io.TENSORBOARD_DIR
 _QUEUE = 1 << 20
-STAT_RUNS = ("mean", "std", "min", "max")
 
 
 def tags(split: str) -> list[tuple[str, str]]:

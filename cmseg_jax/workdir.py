@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from cmseg_jax import errors, io_utils, metrics
+from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data.dataset import SPLITS
 from cmseg_jax.results import RESULT_METRICS, ensemble_table
 
@@ -50,6 +51,12 @@ ENSEMBLE_COLUMNS = ("size", "split", "metric", "value")
 # results_ensemble.csv: the seeds' metrics and the ensemble's pixel average precision.
 ENSEMBLE_METRICS = RESULT_METRICS + ("pxap",)
 EXAMPLE_ROLES = ("best", "median", "worst")
+# Directories: Orbax checkpoints of complete epochs, the checkpoint of an epoch stopped part-way
+# (cmseg_jax/checkpoint.py), checkpoints found corrupt on resuming, TensorBoard event files.
+CHECKPOINTS_DIR = "checkpoints"
+INTERRUPTED_DIR = "interrupted"
+CORRUPT_DIR = "corrupt_checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 
 PathLike = str | pathlib.Path
 
@@ -113,6 +120,95 @@ def read_config(workdir: PathLike) -> tuple[ml_collections.ConfigDict, list[int]
         return ml_collections.ConfigDict(record), seeds
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise errors.IOFailure(f"{path}: not a sweep's config.json ({errors.first_line(e)})") from e
+
+
+# Fields that change how a run is computed (memory layout, recomputation, call granularity,
+# caching), not what it computes: a workdir may be resumed with other values.
+EXECUTION_FIELDS = frozenset(
+    {
+        "model.remat",
+        "model.decoder_chunk",
+        "train.seed_chunk",
+        "train.seed_layout",
+        "train.memory_budget_gb",
+        "train.target",
+        "train.plan_execution",
+        "train.steps_per_call",
+        "train.compilation_cache",
+    }
+)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def holds_a_run(workdir: PathLike) -> bool:
+    """Whether anything was trained or logged in ``workdir`` (a checkpoint or a result file)."""
+    workdir = pathlib.Path(workdir)
+    ckpts = workdir / CHECKPOINTS_DIR
+    trained = ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+    logged = any((workdir / n).exists() for n in (METRICS, RESULTS, INTERRUPTED_DIR))
+    return trained or logged
+
+
+def check_same_run(workdir: PathLike, record: dict) -> None:
+    """Refuses to mix runs: a workdir holds one config and one seed list (``record``, the
+    :func:`config_record` of the run about to start).
+
+    A field the workdir's ``config.json`` does not have yet (added to the config after that run
+    started) is accepted at its default value, so existing workdirs keep resuming. Fields in
+    :data:`EXECUTION_FIELDS` may differ. A workdir without any checkpoint or result (a start
+    that failed) takes the new config.
+
+    Raises:
+      IOFailure: ``workdir`` is not a directory, or its config.json cannot be read.
+      UsageError: it holds a run with other settings (naming them).
+    """
+    workdir = pathlib.Path(workdir)
+    path = workdir / CONFIG
+    if workdir.exists() and not workdir.is_dir():
+        raise errors.IOFailure(f"{workdir}: not a directory (--workdir)")
+    if not path.exists() or not holds_a_run(workdir):
+        return
+    try:
+        old = config_record(*read_config(workdir))
+    except (OSError, errors.IOFailure) as e:
+        raise errors.IOFailure(
+            f"{path}: unreadable ({errors.first_line(e.__cause__ or e)}); the workdir's run "
+            "cannot be identified"
+        ) from None
+    old, new = _flatten(old), _flatten(record)
+    defaults = _flatten(json.loads(get_base_config().to_json()))
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k)
+        and k not in EXECUTION_FIELDS
+        and not (k not in old and k in defaults and new.get(k) == defaults[k])
+    )
+    if changed:
+        raise errors.UsageError(
+            f"{path}: the workdir holds a run with different settings ({', '.join(changed)}); "
+            "use a new --workdir or the original command"
+        )
+
+
+def check_writable(workdir: PathLike) -> None:
+    """Fails early (before the data are read) if ``workdir`` cannot be created or written."""
+    io_utils.check_creatable(workdir, f"--workdir={workdir}", directory=True)
+
+
+def check_start(workdir: PathLike, config: ml_collections.ConfigDict, seeds: Sequence[int]):
+    """Both checks a run makes before it reads its data: the same run, a writable workdir."""
+    check_same_run(workdir, config_record(config, seeds))
+    check_writable(workdir)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -722,7 +722,7 @@ def test_every_checkpoint_records_its_checksums(finished):
 
 
 def test_a_failed_start_does_not_block_the_corrected_command(tmp_path):
-    from cmseg_jax.sweep.loop import _check_workdir
+    from cmseg_jax.workdir import check_same_run as _check_workdir
 
     # A workdir whose run never trained (e.g. written by a start that failed on its data).
     (tmp_path / "config.json").write_text(json.dumps({"seeds": [0], "data": {"dir": "/bad"}}))

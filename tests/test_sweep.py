@@ -18,7 +18,7 @@ from cmseg_jax.checkpoint import Checkpointer
 from cmseg_jax.results import RESULT_METRICS
 from cmseg_jax.sweep import over_seeds, resolve_seeds
 from cmseg_jax.sweep.layout import _call_lengths
-from cmseg_jax.sweep.loop import _check_workdir
+from cmseg_jax.workdir import check_same_run as _check_workdir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))

@@ -37,15 +37,10 @@ import numpy as np
 from nibabel import affines, orientations
 
 from cmseg_jax import io_utils
+from cmseg_jax.errors import DataError  # noqa: F401  (the data modules' error, re-exported)
 
 # The orientation of a canonical array: stored axis i is world axis i, not flipped.
 RAS = orientations.axcodes2ornt("RAS")
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed. One-line message: '<file>: <what is wrong>'."""
-
-    exit_code = 1  # a data failure, not a usage mistake (cmseg_jax.errors)
 
 
 def data_error(path, what) -> DataError:

@@ -85,8 +85,8 @@ def load_sweep(workdir, epoch: int | None = None) -> Sweep:
     """
     workdir = pathlib.Path(workdir)
     config, seeds = workdir_io.read_config(workdir)
-    if not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoints")
+    if not (workdir / workdir_io.CHECKPOINTS_DIR).is_dir():
+        raise FileNotFoundError(f"{workdir / workdir_io.CHECKPOINTS_DIR}: no checkpoints")
     model = train.make_model(config)
     init = functools.partial(
         train.init_state,

@@ -16,7 +16,7 @@ same workdir resumes after the last checkpoint. Outputs: docs/workdir.md.
 """
 
 from cmseg_jax.sweep.layout import SeedLayout, SweepFns, over_seeds
-from cmseg_jax.sweep.loop import EXECUTION_FIELDS, run
+from cmseg_jax.sweep.loop import run
 from cmseg_jax.sweep.options import default_workdir, enable_compilation_cache, resolve_seeds
 from cmseg_jax.sweep.plan import (
     HEADROOM,
@@ -27,6 +27,7 @@ from cmseg_jax.sweep.plan import (
     plan_layout,
     step_bytes,
 )
+from cmseg_jax.workdir import EXECUTION_FIELDS
 
 __all__ = [
     "EXECUTION_FIELDS",

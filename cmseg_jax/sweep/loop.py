@@ -28,7 +28,7 @@ from cmseg_jax import (
     workdir_lock,
 )
 from cmseg_jax import workdir as workdir_io
-from cmseg_jax.config_base import get_base_config, with_fields
+from cmseg_jax.config_base import with_fields
 from cmseg_jax.data import dataset
 from cmseg_jax.sweep import grid
 from cmseg_jax.sweep.layout import SweepFns
@@ -50,81 +50,6 @@ def _host(tree):
     return distributed.to_host(tree)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-# Fields that change how a run is computed (memory layout, recomputation, call granularity,
-# caching), not what it computes: a workdir may be resumed with other values.
-EXECUTION_FIELDS = frozenset(
-    {
-        "model.remat",
-        "model.decoder_chunk",
-        "train.seed_chunk",
-        "train.seed_layout",
-        "train.memory_budget_gb",
-        "train.target",
-        "train.plan_execution",
-        "train.steps_per_call",
-        "train.compilation_cache",
-    }
-)
-
-
-def _holds_a_run(workdir: pathlib.Path) -> bool:
-    """Whether anything was trained or logged in ``workdir`` (a checkpoint or a result file)."""
-    ckpts = workdir / "checkpoints"
-    trained = ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
-    logged = any(
-        (workdir / n).exists() for n in (workdir_io.METRICS, workdir_io.RESULTS, "interrupted")
-    )
-    return trained or logged
-
-
-def _check_workdir(workdir: pathlib.Path, record: dict) -> None:
-    """Refuses to mix runs: a workdir holds one config and one seed list.
-
-    A field the workdir's ``config.json`` does not have yet (added to the config after that run
-    started) is accepted at its default value, so existing workdirs keep resuming. Fields in
-    :data:`EXECUTION_FIELDS` may differ. A workdir without any checkpoint or result (a start
-    that failed) takes the new config.
-    """
-    path = workdir / workdir_io.CONFIG
-    if workdir.exists() and not workdir.is_dir():
-        raise errors.IOFailure(f"{workdir}: not a directory (--workdir)")
-    if not path.exists() or not _holds_a_run(workdir):
-        return
-    try:
-        old = workdir_io.config_record(*workdir_io.read_config(workdir))
-    except (OSError, errors.IOFailure) as e:
-        raise errors.IOFailure(
-            f"{path}: unreadable ({errors.first_line(e.__cause__ or e)}); the workdir's run "
-            "cannot be identified"
-        ) from None
-    old, new = _flatten(old), _flatten(record)
-    defaults = _flatten(json.loads(get_base_config().to_json()))
-    changed = sorted(
-        k
-        for k in set(old) | set(new)
-        if old.get(k) != new.get(k)
-        and k not in EXECUTION_FIELDS
-        and not (k not in old and k in defaults and new.get(k) == defaults[k])
-    )
-    if changed:
-        raise errors.UsageError(
-            f"{path}: the workdir holds a run with different settings ({', '.join(changed)}); "
-            "use a new --workdir or the original command"
-        )
-
-
-# Share of a device's memory the planned step and the resident data may take; the rest is for
-# XLA's own workspace, fragmentation and the (smaller) evaluation programs.
 def run(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -153,8 +78,7 @@ def run(
         traced, untraced = config_base.split_grid(config)
     except ValueError as e:
         raise errors.UsageError(str(e)) from None
-    _check_workdir(workdir, workdir_io.config_record(config, seeds))
-    _check_writable(workdir)
+    workdir_io.check_start(workdir, config, seeds)
     with _one_writer(workdir):  # before the data are read: a second sweep stops at once
         if untraced:
             return _run_programs(config, workdir, seeds, traced, untraced, progress, stop)
@@ -186,8 +110,6 @@ def _one_writer(workdir: pathlib.Path):
 
 def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> dict:
     """A grid with untraced fields: one program per combination of their values."""
-    record = workdir_io.config_record(config, seeds)
-    _check_workdir(workdir, record)
     if distributed.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
         workdir_io.write_config(workdir, config, seeds)
@@ -197,6 +119,7 @@ def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> d
         sub_dir = workdir / workdir_io.PROGRAMS_DIR / config_base.point_name(fixed)
         points = tuple(config_base.grid_points(traced))
         axis = grid.RunAxis(tuple(seeds), points, fixed, workdir / workdir_io.GRID_DIR)
+        workdir_io.check_start(sub_dir, sub, seeds)
         out = _run(sub, sub_dir, axis, progress, stop)
         outs.append(out)
         summary.append(out["summary"])
@@ -208,11 +131,9 @@ def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> d
 
 
 def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> dict:
-    """Trains the rows of ``axis`` in ``workdir``: :func:`run` after the grid is laid out."""
+    """Trains the rows of ``axis`` in ``workdir`` (checked by :func:`workdir_io.check_start`):
+    :func:`run` after the grid is laid out."""
     seeds = axis.run_seeds
-    record = workdir_io.config_record(config, list(axis.seeds))
-    _check_workdir(workdir, record)
-    _check_writable(workdir)
     running_on_target(config)
 
     splits, data_description = dataset.load_dataset(config)
@@ -394,11 +315,6 @@ def _log_epoch(workdir, axis: grid.RunAxis, rows, point_dirs, boards) -> None:
 
 def _warn(line: str) -> None:
     print(f"warning: {line}", file=sys.stderr, flush=True)
-
-
-def _check_writable(workdir: pathlib.Path) -> None:
-    """Fails early (before the data are read) if ``workdir`` cannot be created or written."""
-    io_utils.check_creatable(workdir, f"--workdir={workdir}", directory=True)
 
 
 def _resume(ckpt, interrupted, like, workdir: pathlib.Path, extra_dirs=()):
