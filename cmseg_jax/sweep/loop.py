@@ -4,6 +4,7 @@ checkpoints, final evaluations and result files."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import pathlib
 import sys
@@ -35,7 +36,7 @@ from cmseg_jax.sweep.layout import SweepFns
 from cmseg_jax.sweep.outputs import evaluate as _evaluate
 from cmseg_jax.sweep.outputs import finish as _finish
 from cmseg_jax.sweep.plan import plan_layout, running_on_target
-from cmseg_jax.train import TrainState, make_train, seed_key
+from cmseg_jax.train import Trainer, TrainState, make_train, seed_key
 
 SPLITS = dataset.SPLITS
 
@@ -132,10 +133,47 @@ def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> d
 
 def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> dict:
     """Trains the rows of ``axis`` in ``workdir`` (checked by :func:`workdir_io.check_start`):
-    :func:`run` after the grid is laid out."""
-    seeds = axis.run_seeds
-    running_on_target(config)
+    :func:`run` after the grid is laid out. Four steps: set up, resume, train, finish."""
+    setup = _set_up(config, workdir, axis)
+    where = _resume_run(setup, workdir, axis)
+    final_evals = _train(config, workdir, axis, setup, where, progress, stop)
+    out = _finish(
+        config,
+        workdir,
+        axis,
+        setup.states,
+        setup.data,
+        setup.class_weights,
+        setup.fns,
+        setup.data_description,
+        final_evals,
+    )
+    out["fns"] = setup.fns
+    return out
 
+
+@dataclasses.dataclass
+class _Setup:
+    """A run ready to train: its data and seed-stacked states on the devices, its functions.
+
+    Attributes:
+      rows: rows of the stacked states, padded seeds included (``num`` are real).
+    """
+
+    trainer: Trainer
+    fns: SweepFns
+    data: dict
+    class_weights: jnp.ndarray
+    states: TrainState
+    num: int
+    rows: int
+    data_description: str
+
+
+def _set_up(config, workdir: pathlib.Path, axis: grid.RunAxis) -> _Setup:
+    """Reads the data, writes ``config.json``, plans the layout, compiles nothing yet but puts
+    the data and every row's initial state on the devices."""
+    running_on_target(config)
     splits, data_description = dataset.load_dataset(config)
     sizes = {name: len(splits[name].labels) for name in SPLITS}
     validate.check_splits(config, sizes)
@@ -146,17 +184,16 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
         workdir_io.write_config(workdir, config, list(axis.seeds))
     distributed.check_shared_dir(workdir)
     weights = dataset.class_weights(splits["train"].masks, config.model.num_classes)
+    # One padded copy serves training (which draws only the real slices) and evaluation.
     host_data = {
-        # One padded copy serves training (which draws only the real slices) and evaluation.
-        "train": dataset.device_layout(splits["train"], config.eval.batch_size),
-        "val": dataset.device_layout(splits["val"], config.eval.batch_size),
-        "test": dataset.device_layout(splits["test"], config.eval.batch_size),
+        name: dataset.device_layout(splits[name], config.eval.batch_size) for name in SPLITS
     }
 
     def make_trainer(cfg):
         return make_train(cfg, num_train=len(splits["train"].labels), traced=axis.traced)
 
     trainer = make_trainer(config)
+    seeds = axis.run_seeds
     num = len(seeds)
     resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(host_data))
     # A fixed chunk is not compiled twice: XLA names an out-of-memory chunk when it runs.
@@ -168,8 +205,6 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
     print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
     distributed.check_same(plan.chunk, "train.seed_chunk")
     layout = plan.layout
-    data = distributed.put(host_data, layout.replicated)
-    class_weights = distributed.put(weights, layout.replicated)
     ensemble = None
     if config.eval.ensemble:
         ensemble = dict(
@@ -193,23 +228,71 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
             file=sys.stderr,
             flush=True,
         )
+    return _Setup(
+        trainer=trainer,
+        fns=fns,
+        data=distributed.put(host_data, layout.replicated),
+        class_weights=distributed.put(weights, layout.replicated),
+        states=states,
+        num=num,
+        rows=len(keys),
+        data_description=data_description,
+    )
 
+
+@dataclasses.dataclass
+class _Where:
+    """Where a run stands (:func:`_resume`) and what it writes checkpoints with.
+
+    Attributes:
+      start: the last complete epoch (0: none).
+      resume: (step, loss_sum) of the epoch after ``start`` if it stopped part-way, else None.
+      logged: the metrics.jsonl rows up to ``start`` (None: unknown, an older checkpoint).
+    """
+
+    start: int
+    resume: tuple | None
+    logged: list | None
+    ckpt: checkpoint.Checkpointer
+    interrupted: checkpoint.InterruptedCheckpoint
+    point_dirs: list
+
+
+def _resume_run(setup: _Setup, workdir: pathlib.Path, axis: grid.RunAxis) -> _Where:
+    """Restores the newest intact checkpoint into ``setup.states`` (if any) and puts
+    metrics.jsonl back to the epoch it resumes from."""
     ckpt = checkpoint.Checkpointer(workdir)
     interrupted = checkpoint.InterruptedCheckpoint(workdir)
     point_dirs = [axis.point_dir(i) for i in range(len(axis.points))] if axis.is_grid else []
     start, restored, resume, logged = _resume(
-        ckpt, interrupted, _take(states, num), workdir, extra_dirs=point_dirs
+        ckpt, interrupted, _take(setup.states, setup.num), workdir, extra_dirs=point_dirs
     )
     if start and logged is not None and distributed.is_writer():
         _rewrite_metrics(workdir, axis, logged, point_dirs)
     if restored is not None:
-        states = distributed.put(_pad_state(restored, len(keys)), layout.seeds)
-    # A grid logs per point (seed ids repeat across points): one board per point's workdir.
-    boards = [tensorboard_log.EpochBoard(d, first_epoch=start + 1) for d in point_dirs or [workdir]]
+        setup.states = distributed.put(_pad_state(restored, setup.rows), setup.fns.layout.seeds)
+    return _Where(start, resume, logged, ckpt, interrupted, point_dirs)
 
+
+def _train(config, workdir, axis: grid.RunAxis, setup: _Setup, where: _Where, progress, stop):
+    """The epochs from ``where.start + 1``: training calls, evaluations, metrics, checkpoints;
+    a signal stops at the next safe point with a checkpoint. Leaves the trained states in
+    ``setup.states``; returns the final evaluation."""
+    fns, data, class_weights, num, seeds = (
+        setup.fns,
+        setup.data,
+        setup.class_weights,
+        setup.num,
+        axis.run_seeds,
+    )
+    states, logged, ckpt, interrupted = setup.states, where.logged, where.ckpt, where.interrupted
+    start = where.start
+    # A grid logs per point (seed ids repeat across points): one board per point's workdir.
+    dirs = where.point_dirs or [workdir]
+    boards = [tensorboard_log.EpochBoard(d, first_epoch=start + 1) for d in dirs]
     epochs = config.train.epochs
     final_evals = None
-    spe = trainer.steps_per_epoch
+    spe = setup.trainer.steps_per_epoch
     bar = tqdm(
         total=(epochs - start) * spe * num,
         unit="seed-step",
@@ -220,10 +303,10 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
     )
     stop.deferring = True  # a signal from here on is honoured at the next safe point
     for epoch in range(start + 1, epochs + 1):
-        loss_sum = jnp.zeros((len(keys),), jnp.float32)
+        loss_sum = jnp.zeros((setup.rows,), jnp.float32)
         step0 = 0
-        if resume is not None and epoch == start + 1:  # an epoch stopped part-way
-            step0, loss_sum = resume[0], _pad_rows(resume[1], len(keys))
+        if where.resume is not None and epoch == start + 1:  # an epoch stopped part-way
+            step0, loss_sum = where.resume[0], _pad_rows(where.resume[1], setup.rows)
         for length in _remaining_calls(fns.call_lengths, step0):
             states, out = fns.train[length](
                 states, data["train"], class_weights, jnp.int32(epoch), jnp.int32(step0)
@@ -252,7 +335,7 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
         if epoch == epochs or epoch % config.eval.every_epochs == 0:
             rows = results.epoch_records(epoch, seeds, train_loss, evals, diverged)
             if distributed.is_writer():
-                _log_epoch(workdir, axis, rows, point_dirs, boards)
+                _log_epoch(workdir, axis, rows, where.point_dirs, boards)
             logged = None if logged is None else logged + rows
         if diverged.any():
             logging.warning("epoch %d: diverged seeds %s", epoch, np.asarray(seeds)[diverged])
@@ -268,12 +351,8 @@ def _run(config, workdir: pathlib.Path, axis: grid.RunAxis, progress, stop) -> d
     ckpt.close()
     for board in boards:
         board.close()
-
-    out = _finish(
-        config, workdir, axis, states, data, class_weights, fns, data_description, final_evals
-    )
-    out["fns"] = fns
-    return out
+    setup.states = states
+    return final_evals
 
 
 def _rewrite_metrics(workdir, axis: grid.RunAxis, logged, point_dirs) -> None:
