@@ -105,8 +105,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _real(config, "cam.threshold", 0.0, 1.0)
 
     d = "data"
-    source = sources.get(_get(config, f"{d}.source"))
-    source.check(config)
+    source = _get(config, f"{d}.source")
     _int(config, f"{d}.image_size", 1)
     _int(config, f"{d}.split_seed", 0)
     fractions = _numbers(config, f"{d}.fractions", 3)
@@ -147,6 +146,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _int(config, f"{e}.every_epochs", 1)
     _int(config, f"{e}.score_bins", 1)
     _int(config, f"{e}.num_examples", 0)
+    # Last: the data source's own fields (:mod:`cmseg_jax.data.sources`).
+    sources.get(source).check(config)
 
 
 def check_splits(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> None:

@@ -101,7 +101,8 @@ def write_config(
     workdir: PathLike, config: ml_collections.ConfigDict, seeds: Sequence[int]
 ) -> None:
     """``config.json`` (:func:`config_record`)."""
-    io_utils.write_json(pathlib.Path(workdir) / CONFIG, config_record(config, seeds))
+    record = config_record(config, seeds)
+    io_utils.write_json(pathlib.Path(workdir) / CONFIG, record)
 
 
 def read_config(workdir: PathLike) -> tuple[ml_collections.ConfigDict, list[int]]:
