@@ -238,29 +238,19 @@ def torch_model(
     config, smoothing: bool | None = None, smoothing_impl: str = "matmul"
 ) -> TorchConvMixerSeg:
     """The config's network (as ``cmseg_jax.train.make_model``), in PyTorch."""
-    m = config.model
-    from cmseg_jax.config_base import smoothing as derived_smoothing
+    from cmseg_jax import methods
+    from cmseg_jax.models import registry
 
-    sigma, taps = derived_smoothing(config)
+    m = config.model
     if abs(m.bn_momentum - 0.9) > 1e-12:
         raise ValueError(f"model.bn_momentum={m.bn_momentum}: only 0.9 (PyTorch's 0.1) is mirrored")
     if m.dtype != "float32":
         raise ValueError(f"model.dtype={m.dtype!r}: only float32 is mirrored")
-    smoothing = m.smoothing if smoothing is None else smoothing
-    return TorchConvMixerSeg(
-        num_classes=m.num_classes,
-        hidden=m.hidden,
-        depth=m.depth,
-        patch_size=m.patch_size,
-        kernel_size=m.kernel_size,
-        transition=m.transition,
-        upsample=m.upsample,
-        pointwise_residual=m.pointwise_residual,
-        smoothing_sigma=sigma if smoothing else 0.0,
-        smoothing_size=taps,
-        head="cam_alpha" if config.method == "cam_alpha" else "seg",
-        smoothing_impl=smoothing_impl,
-    )
+    fields = registry.convmixerseg_fields(config, methods.of(config).head, smoothing)
+    # How JAX computes (layout, precision, recomputation) is not part of the function.
+    for name in ("bn_momentum", "depthwise_impl", "dtype", "remat", "decoder_chunk"):
+        del fields[name]
+    return TorchConvMixerSeg(**fields, smoothing_impl=smoothing_impl)
 
 
 def count_params(model: nn.Module) -> int:

@@ -32,6 +32,9 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
+from cmseg_jax import methods
+from cmseg_jax.models import registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Shapes:
@@ -51,20 +54,21 @@ class Shapes:
 
     @classmethod
     def of(cls, config: ml_collections.ConfigDict) -> Shapes:
-        m, size = config.model, config.data.image_size
-        padded = -(-size // m.patch_size) * m.patch_size
+        f, size = registry.convmixerseg_fields(config), config.data.image_size
+        p = f["patch_size"]
+        padded = -(-size // p) * p
         return cls(
             size=size,
             padded=padded,
-            patches=padded // m.patch_size,
-            patch=m.patch_size,
-            hidden=m.hidden,
-            depth=m.depth,
-            kernel=m.kernel_size,
-            transition=m.transition,
-            classes=m.num_classes,
-            smoothing=bool(m.smoothing),
-            bilinear=m.upsample == "bilinear",
+            patches=padded // p,
+            patch=p,
+            hidden=f["hidden"],
+            depth=f["depth"],
+            kernel=f["kernel_size"],
+            transition=f["transition"],
+            classes=f["num_classes"],
+            smoothing=bool(config.model.smoothing),
+            bilinear=f["upsample"] == "bilinear",
         )
 
 
@@ -92,7 +96,7 @@ def _fused(config: ml_collections.ConfigDict) -> bool:
     one-trip loops, which XLA unrolls and merges into the plain count."""
     return (
         0 < config.model.decoder_chunk < config.train.batch_size
-        and config.method != "cam_alpha"
+        and methods.of(config).head == "seg"
         and config.model.upsample != "bilinear"
     )
 
@@ -161,7 +165,7 @@ def step_cost(config: ml_collections.ConfigDict, compiled_step: Callable[[], Any
       {"flops", "bytes", "source"}: this module's model for ConvMixerSeg ('analytic; bytes a
       floor'), XLA's cost analysis otherwise.
     """
-    if config.model.get("arch", "convmixerseg") == "convmixerseg":
+    if registry.of(config).analytic_cost:
         return {
             "flops": train_step_flops(config),
             "bytes": train_step_bytes(config),

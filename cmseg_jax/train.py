@@ -44,8 +44,7 @@ from cmseg_jax import config_base, methods, metrics
 from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
 from cmseg_jax.methods import Method
-from cmseg_jax.models.convmixerseg import ConvMixerSeg
-from cmseg_jax.models.fcn_resnet import FCNResNet50
+from cmseg_jax.models import registry
 
 INIT, DATA_ORDER, AUGMENT = 0, 1, 2
 # fold_in(step's augmentation key, DROPOUT): the step's dropout rng.
@@ -101,38 +100,8 @@ def make_model(config: ml_collections.ConfigDict, smoothing: bool | None = None)
     σ and K of the Gaussian are the config's, or derived from the image size
     (:func:`cmseg_jax.config_base.smoothing`).
     """
-    m = config.model
-    arch = m.get("arch", "convmixerseg")  # a config.json written before the field existed
-    if arch == "fcn_resnet50":
-        return FCNResNet50(
-            num_classes=m.num_classes,
-            width=m.fcn_width,
-            bn_momentum=m.bn_momentum,
-            dtype=jnp.dtype(m.dtype),
-            remat=bool(m.remat),
-        )
-    if arch != "convmixerseg":
-        raise ValueError(f"model.arch must be 'convmixerseg' or 'fcn_resnet50', got {arch!r}")
-    smoothing = m.smoothing if smoothing is None else smoothing
-    sigma, size = config_base.smoothing(config)
-    return ConvMixerSeg(
-        num_classes=m.num_classes,
-        hidden=m.hidden,
-        depth=m.depth,
-        patch_size=m.patch_size,
-        kernel_size=m.kernel_size,
-        transition=m.transition,
-        upsample=m.upsample,
-        pointwise_residual=m.pointwise_residual,
-        smoothing_sigma=sigma if smoothing else 0.0,
-        smoothing_size=size,
-        head=methods.of(config).head,
-        bn_momentum=m.bn_momentum,
-        depthwise_impl=m.depthwise_impl,
-        dtype=jnp.dtype(m.dtype),
-        remat=bool(m.remat),
-        decoder_chunk=int(m.decoder_chunk),
-    )
+    smoothing = config.model.smoothing if smoothing is None else smoothing
+    return registry.of(config).build(config, methods.of(config).head, bool(smoothing))
 
 
 def make_optimizer(

@@ -18,8 +18,8 @@ import ml_collections
 from cmseg_jax import methods
 from cmseg_jax.data import lits, sources
 from cmseg_jax.errors import UsageError
+from cmseg_jax.models import registry
 
-ARCHS = ("convmixerseg", "fcn_resnet50")
 UPSAMPLE = ("transposed", "bilinear")
 DEPTHWISE = ("auto", "conv", "shift")
 DTYPES = ("float32", "bfloat16")
@@ -79,14 +79,14 @@ def _numbers(config, field: str, length: int) -> tuple[float, ...]:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Checks every field the sweep uses; raises UsageError naming the first bad one."""
-    _choice(config, "method", tuple(methods.METHODS))
+    method = methods.get(_choice(config, "method", tuple(methods.METHODS)))
     _int(config, "root_seed", 0)
-    if _choice(config, "model.arch", ARCHS) == "fcn_resnet50":
-        _int(config, "model.fcn_width", 1)
-        if config.method == "cam_alpha":
-            raise _bad("method", config.method, "fcn_resnet50 has no CAM_alpha head")
-        if config.model.smoothing:
-            raise _bad("model.smoothing", True, "fcn_resnet50 has no Gaussian smoothing")
+    model = registry.get(_get(config, "model.arch"))
+    model.check(config)
+    if method.head not in model.heads:
+        raise _bad("method", config.method, f"{model.name} has no {method.head} head")
+    if config.model.smoothing and not model.smoothing:
+        raise _bad("model.smoothing", True, f"{model.name} has no Gaussian smoothing")
     for field in ("hidden", "depth", "patch_size", "kernel_size", "transition", "num_classes"):
         _int(config, f"model.{field}", 1)
     if config.model.num_classes != 2:
@@ -95,7 +95,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _choice(config, "model.depthwise_impl", DEPTHWISE)
     _choice(config, "model.dtype", DTYPES)
     _int(config, "model.decoder_chunk", 0)
-    if config.method == "cam_alpha" and config.model.upsample != "transposed":
+    if method.head == "cam_alpha" and config.model.upsample != "transposed":
         raise _bad("model.upsample", config.model.upsample, "cam_alpha needs 'transposed'")
     _real(config, "model.bn_momentum", 0.0, 1.0)
     if config.model.smoothing and config.model.smoothing_sigma is not None:

@@ -24,6 +24,7 @@ import ml_collections
 from cmseg_jax import cost, errors
 from cmseg_jax.config_base import with_fields
 from cmseg_jax.data import sources
+from cmseg_jax.models import registry
 from cmseg_jax.models.convmixerseg import count_params
 from cmseg_jax.sweep import ensemble as ensemble_lib
 from cmseg_jax.sweep import targets
@@ -229,7 +230,7 @@ def balanced_chunks(local: int) -> list[int]:
 
 def roofline(config: ml_collections.ConfigDict, target: targets.Target | None, chunk: int) -> str:
     """The floor of one chunk-step on ``target`` from datasheet peaks (not a measured time)."""
-    if target is None or config.model.get("arch", "convmixerseg") != "convmixerseg":
+    if target is None or not registry.of(config).analytic_cost:
         return ""
     flops = cost.train_step_flops(config) * chunk
     moved = cost.train_step_bytes(config) * chunk
@@ -303,7 +304,7 @@ class Plan:
 # Fields the plan may change on an accelerator (execution only: the same function).
 def _executions(config: ml_collections.ConfigDict) -> list[dict]:
     """Cheaper executions than the config's own, fewest FLOPs per seed-step first."""
-    if config.model.get("arch", "convmixerseg") != "convmixerseg":
+    if not registry.of(config).executions:
         return []
     own = cost.train_step_flops(config)
     out = []
