@@ -40,7 +40,7 @@ import ml_collections
 import optax
 from jax import lax
 
-from cmseg_jax import config_base, methods, metrics
+from cmseg_jax import config_base, methods, metrics, variants
 from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
 from cmseg_jax.methods import Method
@@ -359,11 +359,12 @@ class Trainer:
         (a ``functools.partial``-bound static length); splits an epoch for a finer progress bar.
       evaluate: (state, split, class_weights) -> sufficient statistics (sums over the split).
       evaluate_final: as ``evaluate`` plus liver-score histograms.
-      evaluate_final_no_smoothing: ``evaluate_final`` with the Gaussian smoothing removed at test
-        time (trained with it); None unless ``eval.without_smoothing`` and the model smooths.
+      evaluate_variants: evaluation variant (:mod:`cmseg_jax.variants`) other than ``default``
+        that the config evaluates -> ``evaluate_final`` of that variant's network (e.g. the
+        Gaussian smoothing removed at test time, trained with it).
       predict: (state, images (B, S, S)) -> liver scores (B, S, S).
       ensemble: evaluation variant -> (state, images (B, S, S)) -> :func:`ensemble_terms`;
-        ``default`` always, ``no_smoothing`` where ``evaluate_final_no_smoothing`` is set.
+        ``default`` and every variant of ``evaluate_variants``.
       ensemble_stats: (score_sum, image_sum, count, (masks, labels, valid)) ->
         :func:`ensemble_stats` with the method's threshold and ``eval.score_bins``.
       train: (key, data) -> (state, per-epoch statistics); the whole run as one pure function
@@ -378,7 +379,7 @@ class Trainer:
     train_steps: Callable
     evaluate: Callable
     evaluate_final: Callable
-    evaluate_final_no_smoothing: Callable | None
+    evaluate_variants: dict[str, Callable]
     predict: Callable
     ensemble: dict[str, Callable]
     ensemble_stats: Callable
@@ -447,20 +448,22 @@ def make_train(
 
         return lax.scan(epoch_body, init(key), jnp.arange(config.train.epochs))
 
-    no_smoothing = None
     terms = functools.partial(ensemble_terms, method=method, gate=gate)
     ensemble = {"default": functools.partial(terms, model=model)}
-    if config.eval.without_smoothing and config.model.smoothing:
-        plain = make_model(config, smoothing=False)
-        no_smoothing = functools.partial(evaluate, model=plain, num_bins=bins, **eval_kwargs)
-        ensemble["no_smoothing"] = functools.partial(terms, model=plain)
+    evaluate_variants = {}
+    for variant in variants.of(config)[1:]:
+        net = make_model(config, **variant.model)
+        evaluate_variants[variant.name] = functools.partial(
+            evaluate, model=net, num_bins=bins, **eval_kwargs
+        )
+        ensemble[variant.name] = functools.partial(terms, model=net)
     return Trainer(
         init=init,
         train_epoch=train_epoch,
         train_steps=train_fn,
         evaluate=evaluate_fn,
         evaluate_final=functools.partial(evaluate_fn, num_bins=bins),
-        evaluate_final_no_smoothing=no_smoothing,
+        evaluate_variants=evaluate_variants,
         predict=functools.partial(predict_scores, model=model, method=method, gate=gate),
         ensemble=ensemble,
         ensemble_stats=functools.partial(

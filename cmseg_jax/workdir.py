@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from cmseg_jax import errors, io_utils, metrics
+from cmseg_jax import errors, io_utils, metrics, variants
 from cmseg_jax.config_base import get_base_config
 from cmseg_jax.data.dataset import SPLITS
 from cmseg_jax.results import RESULT_METRICS, ensemble_table
@@ -44,8 +44,9 @@ LOCK = "lock"
 # final_stats_ensemble{suffix}.npz.
 RESULTS_ENSEMBLE = "results_ensemble.csv"
 FINAL_STATS_ENSEMBLE = "final_stats_ensemble.npz"
-# Evaluation variant -> suffix of its ``results{suffix}.csv`` / ``final_stats{suffix}.npz``.
-VARIANTS = {"default": "", "no_smoothing": "_no_smoothing"}
+# Evaluation variant -> suffix of its ``results{suffix}.csv`` / ``final_stats{suffix}.npz``
+# (the records of :mod:`cmseg_jax.variants`).
+VARIANTS = {v.name: v.suffix for v in variants.VARIANTS.values()}
 RESULTS_COLUMNS = ("seed", "split", "metric", "value")
 ENSEMBLE_COLUMNS = ("size", "split", "metric", "value")
 # results_ensemble.csv: the seeds' metrics and the ensemble's pixel average precision.

@@ -11,14 +11,11 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from cmseg_jax import errors, workdir_lock
+from cmseg_jax import errors, variants, workdir_lock
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.results import RESULT_METRICS, SPLITS
 
-VARIANT_TITLES = {
-    "default": "as trained",
-    "no_smoothing": "evaluated without Gaussian smoothing (trained with it)",
-}
+VARIANT_TITLES = {v.name: v.title for v in variants.VARIANTS.values()}
 
 
 @dataclasses.dataclass

@@ -146,11 +146,10 @@ class SweepFns:
         }
         self.evaluate = seeded(trainer.evaluate)
         self.evaluate_final = seeded(trainer.evaluate_final)
-        self.evaluate_final_no_smoothing = (
-            seeded(trainer.evaluate_final_no_smoothing)
-            if trainer.evaluate_final_no_smoothing is not None
-            else None
-        )
+        # Evaluation variant (other than ``default``) -> its final evaluation.
+        self.evaluate_variants = {
+            variant: seeded(fn) for variant, fn in trainer.evaluate_variants.items()
+        }
         self.predict = jax.jit(trainer.predict)
         # Evaluation variant -> fn(states, split, weights): the ensemble by size on one split.
         self.ensemble = {

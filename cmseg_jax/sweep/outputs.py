@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmseg_jax import config_base, distributed, methods, results
+from cmseg_jax import config_base, distributed, methods, results, variants
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.data import dataset
 from cmseg_jax.sweep import ensemble as ensemble_lib
@@ -50,14 +50,14 @@ def finish(
     diverged = _host(states.diverged)[:num]
     if evals is None:  # a finished workdir re-run: evaluate the restored state
         evals = evaluate(fns.evaluate_final, states, data, class_weights, num)
-    evals_ns = None
-    if fns.evaluate_final_no_smoothing is not None:
-        evals_ns = evaluate(fns.evaluate_final_no_smoothing, states, data, class_weights, num)
+    finals = {"default": evals}
+    for variant, fn in fns.evaluate_variants.items():
+        finals[variant] = evaluate(fn, states, data, class_weights, num)
     ensembles = evaluate_ensembles(fns, states, data, diverged)
     states = _host(states)  # every collective before process 0 alone writes
     if not distributed.is_writer():
         return {"seeds": seeds, "diverged": diverged, "table": None, "summary": "", "grid_rows": []}
-    evals = {"default": evals, "no_smoothing": evals_ns, "ensembles": ensembles}
+    evals = {"finals": finals, "ensembles": ensembles}
     if axis.is_grid:
         return _finish_grid(
             config, workdir, axis, states, data, fns, data_description, evals, diverged
@@ -122,28 +122,24 @@ def _finish_grid(config, workdir, axis, states, data, fns, data_description, eva
 
 def _write_outputs(config, workdir, seeds, states, data, fns, data_description, evals, diverged):
     """results.csv, final_stats.npz, the ensemble's files, summary.md, examples.npz and run.json
-    of host results (``evals``: {"default", "no_smoothing" (or None), "ensembles"})."""
-    table = _write_final(workdir, "default", seeds, evals["default"], diverged)
-    summary = results.summary_markdown(config.name, seeds, table, diverged, data_description)
+    of host results (``evals``: {"finals": evaluation variant -> its final evaluation,
+    "ensembles": evaluation variant -> its ensemble}), a table of each variant in summary.md."""
     threshold = methods.of(config).threshold(config)
     ensembles = evals["ensembles"]
-    if "default" in ensembles:
-        summary += _write_ensemble(
-            workdir, "default", seeds, ensembles["default"], diverged, threshold
-        )
-    if evals["no_smoothing"] is not None:
-        table_ns = _write_final(workdir, "no_smoothing", seeds, evals["no_smoothing"], diverged)
-        summary += "\n" + results.summary_markdown(
-            f"{config.name}, evaluated without the Gaussian smoothing (trained with it)",
-            seeds,
-            table_ns,
-            diverged,
-            data_description,
-        )
-        if "no_smoothing" in ensembles:
-            summary += _write_ensemble(
-                workdir, "no_smoothing", seeds, ensembles["no_smoothing"], diverged, threshold
+    parts = []
+    for variant, final in evals["finals"].items():
+        variant_table = _write_final(workdir, variant, seeds, final, diverged)
+        if variant == "default":
+            table, title = variant_table, config.name
+        else:
+            title = f"{config.name}, {variants.VARIANTS[variant].title}"
+        text = results.summary_markdown(title, seeds, variant_table, diverged, data_description)
+        if variant in ensembles:
+            text += _write_ensemble(
+                workdir, variant, seeds, ensembles[variant], diverged, threshold
             )
+        parts.append(text)
+    summary = "\n".join(parts)
     workdir_io.write_summary(workdir, summary)
     _write_examples(config, workdir, seeds, states, data, fns, table, diverged)
     device = jax.devices()[0]
