@@ -14,6 +14,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from cmseg_jax.models import pooling
+
 LIVER = 1
 
 
@@ -56,5 +58,14 @@ DEFAULT_POOLING = "max"
 
 POOLINGS: dict[str, Pooling] = {
     p.name: p
-    for p in (Pooling("max", global_max_pool, description="global max pooling (GMP), the thesis'"),)
+    for p in (
+        Pooling("max", global_max_pool, description="global max pooling (GMP), the thesis'"),
+        Pooling("mean", pooling.global_average_pool, description="global average pooling (GAP)"),
+        Pooling(
+            "lse",
+            pooling.log_sum_exp_pool,
+            {"lse_r": 4.0},
+            "log-sum-exp pooling (1/r)·log mean exp(r·x): GAP as r → 0, GMP as r → ∞",
+        ),
+    )
 }
