@@ -41,7 +41,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     """Thesis defaults (ConvMixerSeg, CAM_β, LiTS protocol); experiments override fields."""
     config = ml_collections.ConfigDict()
     config.name = "cam_beta"
-    # full | cam_beta | cam_alpha
+    # full | full_mcc | cam_beta | cam_alpha (cmseg_jax/methods.py METHODS)
     config.method = "cam_beta"
     # Root seed: seed i trains with fold_in(PRNGKey(root_seed), i).
     config.root_seed = 0

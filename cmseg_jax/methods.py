@@ -8,6 +8,8 @@ pixel liver score, its mask threshold and its image-level prediction. Training, 
 * ``full`` — fully supervised: class-weighted pixel cross-entropy on the class maps. Pixel score =
   softmax liver probability, mask = score >= 0.5 (argmax). Image prediction = "some pixel is
   predicted liver".
+* ``full_mcc`` — fully supervised with the MCC loss, 1 − MCC of the batch's soft confusion
+  matrix (:mod:`cmseg_jax.mcc_loss`); pixel score, mask and image prediction as for ``full``.
 * ``cam_beta`` — image labels only: the class maps are pooled per class by ``cam.pooling``
   (default ``max``, the thesis' global max pooling, GMP; :data:`cmseg_jax.models.heads.POOLINGS`)
   and trained with a softmax cross-entropy on the image label (for two classes the binary
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cmseg_jax import mcc_loss
 from cmseg_jax.models.heads import DEFAULT_POOLING, LIVER, POOLINGS, Pooling, image_probability
 
 Outputs = dict[str, jnp.ndarray]
@@ -187,6 +190,7 @@ class Method:
 
 
 FULL = Method("full", "seg", _pixel_loss, _softmax_scores, _any_pixel)
+FULL_MCC = Method("full_mcc", "seg", mcc_loss.loss, _softmax_scores, _any_pixel)
 CAM_BETA = Method(
     "cam_beta",
     "seg",
@@ -205,7 +209,7 @@ CAM_ALPHA = Method(
     cam_threshold=True,
     image_score=image_probability,
 )
-METHODS: dict[str, Method] = {m.name: m for m in (FULL, CAM_BETA, CAM_ALPHA)}
+METHODS: dict[str, Method] = {m.name: m for m in (FULL, FULL_MCC, CAM_BETA, CAM_ALPHA)}
 
 
 def get(name: str) -> Method:
