@@ -409,9 +409,10 @@ def _confusion(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int, int
 
 
 def seed_outputs(sweep_, state, images: np.ndarray, smoothing: bool = True):
-    """(maps (N, S, S, K), pooled (N, K)) of one seed on float images (N, S, S)."""
+    """(maps (N, S, S, K), pooled (N, K): the method's pooling) of one seed on float images
+    (N, S, S)."""
     model = sweep_.model if smoothing else train.make_model(sweep_.config, smoothing=False)
-    apply = jax.jit(lambda s, x: train.apply_model(s, x, model=model))
+    apply = jax.jit(lambda s, x: train.apply_model(s, x, model=model, method=sweep_.method))
     maps, pooled = [], []
     for i in range(0, len(images), 32):
         out = apply(state, jnp.asarray(images[i : i + 32]))

@@ -25,12 +25,15 @@ Choices the thesis leaves open (stated here so they are visible in every resolve
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import pathlib
 
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
+from cmseg_jax.models.heads import DEFAULT_POOLING, POOLINGS
 from cmseg_jax.models.smoothing import scaled_smoothing
 
 
@@ -38,7 +41,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     """Thesis defaults (ConvMixerSeg, CAM_β, LiTS protocol); experiments override fields."""
     config = ml_collections.ConfigDict()
     config.name = "cam_beta"
-    # full | cam_beta | cam_alpha
+    # full | full_mcc | cam_beta | cam_alpha (cmseg_jax/methods.py METHODS)
     config.method = "cam_beta"
     # Root seed: seed i trains with fold_in(PRNGKey(root_seed), i).
     config.root_seed = 0
@@ -78,6 +81,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.cam = ml_collections.ConfigDict()
     config.cam.threshold = 0.5
     config.cam.gate_with_classifier = True
+    # CAM_β's image-level pooling of the class maps (models/heads.py POOLINGS); 'max' = GMP, the
+    # thesis'. Methods that do not pool their class maps take only 'max'.
+    config.cam.pooling = DEFAULT_POOLING
+    # Each pooling's parameters, at their defaults: cam.<parameter> (traced in a grid).
+    for pooling in POOLINGS.values():
+        for name, default in pooling.params.items():
+            config.cam[name] = default
 
     config.data = ml_collections.ConfigDict()
     # phantom | lits | tfds. With 'lits', data.dir must point at volume-N.nii / segmentation-N.nii.
@@ -324,8 +334,8 @@ def parse_grid(config: ml_collections.ConfigDict) -> dict[str, tuple]:
         if field in grid:
             raise ValueError(f"sweep.grid: {field} appears twice")
         _, _, old = _lookup(config, field, "sweep.grid:")
-        if field == "model.smoothing_sigma" and old is None:
-            old = 0.0
+        if old is None and field in TRACED_FIELDS:  # an unset derived field (σ): typed as traced
+            old = np.dtype(TRACED_FIELDS[field].dtype).type(0).item()
         values = tuple(_parse_value(field, v.strip(), old) for v in text.split(","))
         if len(set(values)) != len(values):
             raise ValueError(f"sweep.grid: {field} repeats a value")
@@ -333,9 +343,43 @@ def parse_grid(config: ml_collections.ConfigDict) -> dict[str, tuple]:
     return grid
 
 
-# Grid fields that are traced (vmapped next to the seeds in one program) rather than compiled once
-# per value: σ builds the Gaussian inside the step, the learning rate is optimizer state.
-TRACED = ("model.smoothing_sigma", "train.learning_rate")
+@dataclasses.dataclass(frozen=True)
+class TracedField:
+    """A grid field that is traced: vmapped next to the seeds in one compiled program rather
+    than compiled once per value.
+
+    Attributes:
+      field: the dotted config field.
+      inject: how a grid point's value reaches the step (:mod:`cmseg_jax.train`):
+        ``model`` — keyword ``name`` of the model's apply (it builds the Gaussian inside the
+        step); ``optimizer`` — hyperparameter ``name`` of ``optax.inject_hyperparams``, carried
+        in ``opt_state.hyperparams``; ``method`` — keyword ``name`` of the method's outputs
+        (:meth:`cmseg_jax.methods.Method.outputs`: a pooling parameter). ``model`` and
+        ``method`` values are carried in ``GridTrainState.hparams[name]``.
+      name: that keyword or hyperparameter (unique across the table: the state's key).
+      dtype: the value's dtype on the device.
+    """
+
+    field: str
+    inject: str
+    name: str
+    dtype: str = "float32"
+
+
+# Every traced grid field: σ, the learning rate, and each pooling's parameters (cam.<parameter>).
+TRACED_FIELDS: dict[str, TracedField] = {
+    t.field: t
+    for t in (
+        TracedField("model.smoothing_sigma", "model", "smoothing_sigma"),
+        TracedField("train.learning_rate", "optimizer", "learning_rate"),
+        *(
+            TracedField(f"cam.{name}", "method", name)
+            for pooling in POOLINGS.values()
+            for name in pooling.params
+        ),
+    )
+}
+TRACED = tuple(TRACED_FIELDS)
 
 
 def split_grid(config: ml_collections.ConfigDict) -> tuple[dict, dict]:

@@ -8,10 +8,14 @@ pixel liver score, its mask threshold and its image-level prediction. Training, 
 * ``full`` — fully supervised: class-weighted pixel cross-entropy on the class maps. Pixel score =
   softmax liver probability, mask = score >= 0.5 (argmax). Image prediction = "some pixel is
   predicted liver".
-* ``cam_beta`` — image labels only: the class maps are pooled by global max pooling (GMP) per class
+* ``full_mcc`` — fully supervised with the MCC loss, 1 − MCC of the batch's soft confusion
+  matrix (:mod:`cmseg_jax.mcc_loss`); pixel score, mask and image prediction as for ``full``.
+* ``cam_beta`` — image labels only: the class maps are pooled per class by ``cam.pooling``
+  (default ``max``, the thesis' global max pooling, GMP; :data:`cmseg_jax.models.heads.POOLINGS`)
   and trained with a softmax cross-entropy on the image label (for two classes the binary
   cross-entropy of p(liver)). No parameters beyond the segmentation model. Pixel score and mask as
-  for ``full``; image prediction = softmax of the pooled maps >= 0.5.
+  for ``full``; image prediction = softmax of the pooled maps >= 0.5. The only method that pools
+  its class maps (``pools_class_maps``); the others keep the model's own image scores.
 * ``cam_alpha`` — Zhou et al.'s CAM with GMP: the C_t hidden maps are max-pooled and a dense layer
   gives the class scores (model head ``cam_alpha``); the CAM is the dense-weighted sum of the
   hidden maps. Loss as ``cam_beta``. The liver CAM is min-max normalised per image to [0, 1] and
@@ -20,6 +24,10 @@ pixel liver score, its mask threshold and its image-level prediction. Training, 
   so without a gate every slice would contain liver.
 
 Losses return (numerator, denominator) sums so that totals over batches stay exact.
+
+:func:`of` returns a config's method with its pooling bound (``cam.pooling`` and the pooling's
+``cam.<parameter>`` values); :meth:`Method.outputs` turns the model's outputs into the method's,
+and every loss, score and prediction below reads those.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cmseg_jax.models.heads import LIVER, image_probability
+from cmseg_jax import mcc_loss
+from cmseg_jax.models.heads import DEFAULT_POOLING, LIVER, POOLINGS, Pooling, image_probability
 
 Outputs = dict[str, jnp.ndarray]
 
@@ -122,6 +131,10 @@ class Method:
       image_score: (outputs) -> (B,) float32 probability behind ``image_prediction`` (thresholded
         at 0.5), or None where the image prediction is read off the mask. An ensemble averages it
         over seeds as it averages ``pixel_scores`` (:meth:`ensemble_predict`).
+      pools_class_maps: its image-level class scores are its pooling of the class maps
+        (``cam.pooling``); a method without it takes only the default pooling.
+      pooling: the pooling :func:`of` bound from the config (the default GMP otherwise).
+      pooling_params: ((parameter, value), ...) of ``pooling`` from the config.
     """
 
     name: str
@@ -131,6 +144,24 @@ class Method:
     image_prediction: Callable
     cam_threshold: bool = False
     image_score: Callable | None = None
+    pools_class_maps: bool = False
+    pooling: Pooling = POOLINGS[DEFAULT_POOLING]
+    pooling_params: tuple[tuple[str, float], ...] = ()
+
+    def outputs(self, outputs: Outputs, **traced) -> Outputs:
+        """The method's outputs from the model's: for a method that pools its class maps,
+        ``pooled`` (B, K) is its pooling of ``maps`` (B, S, S, K); otherwise unchanged.
+
+        Args:
+          outputs: the model's outputs.
+          traced: pooling parameters of a grid point (traced () values) in place of the
+            config's; parameters its pooling does not take are ignored.
+        """
+        if not self.pools_class_maps:
+            return outputs
+        params = dict(self.pooling_params)
+        params.update({k: v for k, v in traced.items() if k in self.pooling.params})
+        return {**outputs, "pooled": self.pooling.pool(outputs["maps"], **params)}
 
     def threshold(self, config: ml_collections.ConfigDict) -> float:
         """The score threshold of the method's masks under ``config``."""
@@ -159,8 +190,15 @@ class Method:
 
 
 FULL = Method("full", "seg", _pixel_loss, _softmax_scores, _any_pixel)
+FULL_MCC = Method("full_mcc", "seg", mcc_loss.loss, _softmax_scores, _any_pixel)
 CAM_BETA = Method(
-    "cam_beta", "seg", _image_loss, _softmax_scores, _classifier, image_score=image_probability
+    "cam_beta",
+    "seg",
+    _image_loss,
+    _softmax_scores,
+    _classifier,
+    image_score=image_probability,
+    pools_class_maps=True,
 )
 CAM_ALPHA = Method(
     "cam_alpha",
@@ -171,7 +209,7 @@ CAM_ALPHA = Method(
     cam_threshold=True,
     image_score=image_probability,
 )
-METHODS: dict[str, Method] = {m.name: m for m in (FULL, CAM_BETA, CAM_ALPHA)}
+METHODS: dict[str, Method] = {m.name: m for m in (FULL, FULL_MCC, CAM_BETA, CAM_ALPHA)}
 
 
 def get(name: str) -> Method:
@@ -182,6 +220,23 @@ def get(name: str) -> Method:
         raise ValueError(f"config.method must be one of {tuple(METHODS)}, got {name!r}") from None
 
 
+def pooling_of(config: ml_collections.ConfigDict) -> Pooling:
+    """The pooling ``config.cam.pooling`` names (the default for a config written without it);
+    a one-line error for an unknown one."""
+    name = config.cam.get("pooling", DEFAULT_POOLING)
+    try:
+        return POOLINGS[name]
+    except KeyError:
+        raise ValueError(
+            f"config.cam.pooling must be one of {tuple(POOLINGS)}, got {name!r}"
+        ) from None
+
+
 def of(config: ml_collections.ConfigDict) -> Method:
-    """The method of ``config``."""
-    return get(config.method)
+    """The method of ``config``, with its pooling and the pooling's parameters bound."""
+    method = get(config.method)
+    if not method.pools_class_maps:
+        return method
+    pooling = pooling_of(config)
+    params = tuple((k, float(config.cam.get(k, v))) for k, v in pooling.params.items())
+    return dataclasses.replace(method, pooling=pooling, pooling_params=params)

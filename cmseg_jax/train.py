@@ -77,15 +77,28 @@ class GridTrainState(TrainState):
     """A :class:`TrainState` that carries traced hyperparameters of a grid point.
 
     Attributes:
-      hparams: {"smoothing_sigma": () float32} — the model-side values of :data:`TRACED`
-        (a traced learning rate lives in ``opt_state.hyperparams``). Vmapped with the seeds, one
-        compiled program trains every grid point × seed.
+      hparams: {name: () value} of the grid point's traced fields that the model or the method
+        take as keywords (``inject`` ``model`` or ``method`` in
+        :data:`~cmseg_jax.config_base.TRACED_FIELDS`, e.g. ``{"smoothing_sigma": σ}``); a
+        traced optimizer hyperparameter lives in ``opt_state.hyperparams``. Vmapped with the
+        seeds, one compiled program trains every grid point × seed.
     """
 
     hparams: Any = None
 
 
 TRACED = config_base.TRACED
+TRACED_FIELDS = config_base.TRACED_FIELDS
+# The traced fields by the name the state carries them under.
+_TRACED_BY_NAME = {t.name: t for t in TRACED_FIELDS.values()}
+
+
+def _traced(fields) -> list[config_base.TracedField]:
+    """The records of traced ``fields``; a one-line error naming any that is not traced."""
+    unknown = sorted(set(fields) - set(TRACED_FIELDS))
+    if unknown:
+        raise ValueError(f"{unknown}: not traced; traced grid fields are {TRACED}")
+    return [TRACED_FIELDS[f] for f in fields]
 
 
 def seed_key(root_seed: int, seed: int) -> jnp.ndarray:
@@ -105,11 +118,13 @@ def make_model(config: ml_collections.ConfigDict, smoothing: bool | None = None)
 
 
 def make_optimizer(
-    config: ml_collections.ConfigDict, traced_lr: bool = False
+    config: ml_collections.ConfigDict, traced: tuple[str, ...] = ()
 ) -> optax.GradientTransformation:
-    """Adam; with ``traced_lr`` its learning rate is state (``optax.inject_hyperparams``)."""
+    """Adam; if a field of ``traced`` is an optimizer hyperparameter (``inject`` ``optimizer``
+    in :data:`~cmseg_jax.config_base.TRACED_FIELDS`), its hyperparameters are state
+    (``optax.inject_hyperparams``) and :func:`init_state` sets the grid point's values."""
     t = config.train
-    if traced_lr:
+    if any(f.inject == "optimizer" for f in _traced(traced)):
         return optax.inject_hyperparams(optax.adam)(learning_rate=t.learning_rate, b1=t.b1, b2=t.b2)
     return optax.adam(t.learning_rate, b1=t.b1, b2=t.b2)
 
@@ -129,9 +144,11 @@ def init_state(key, hparams=None, *, model, tx, image_size: int) -> TrainState:
 
     Args:
       key: the seed's key.
-      hparams: optional {field of :data:`TRACED`: () value} of a grid point; the state is then a
-        :class:`GridTrainState` (``tx`` must come from ``make_optimizer(..., traced_lr=True)``
-        for a learning rate).
+      hparams: optional {field of :data:`TRACED`: () value} of a grid point, each injected as
+        its record says (:data:`~cmseg_jax.config_base.TRACED_FIELDS`): an optimizer
+        hyperparameter is set in ``opt_state.hyperparams`` (``tx`` must come from
+        ``make_optimizer(config, traced)``); a model or method keyword makes the state a
+        :class:`GridTrainState` carrying it.
     """
     variables = model.init(
         jax.random.fold_in(key, INIT),
@@ -141,9 +158,13 @@ def init_state(key, hparams=None, *, model, tx, image_size: int) -> TrainState:
     params = variables["params"]
     opt_state = tx.init(params)
     hparams = dict(hparams or {})
-    if "train.learning_rate" in hparams:
-        lr = jnp.asarray(hparams.pop("train.learning_rate"), jnp.float32)
-        opt_state.hyperparams["learning_rate"] = lr
+    carried = {}
+    for traced in _traced(hparams):
+        value = jnp.asarray(hparams[traced.field], traced.dtype)
+        if traced.inject == "optimizer":
+            opt_state.hyperparams[traced.name] = value
+        else:
+            carried[traced.name] = value
     fields = dict(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -152,27 +173,39 @@ def init_state(key, hparams=None, *, model, tx, image_size: int) -> TrainState:
         rng=key,
         diverged=jnp.zeros((), bool),
     )
-    if "model.smoothing_sigma" in hparams:
-        sigma = jnp.asarray(hparams.pop("model.smoothing_sigma"), jnp.float32)
-        return GridTrainState(**fields, hparams={"smoothing_sigma": sigma})
-    if hparams:
-        raise ValueError(f"{sorted(hparams)}: not traced; traced grid fields are {TRACED}")
+    if carried:
+        return GridTrainState(**fields, hparams=carried)
     return TrainState(**fields)
 
 
-def _model_kwargs(state: TrainState) -> dict:
-    """The traced model inputs of a grid point's state (none for a plain TrainState)."""
-    return dict(state.hparams) if isinstance(state, GridTrainState) else {}
+def _traced_kwargs(state: TrainState, inject: str) -> dict:
+    """The traced keywords a grid point's state carries for ``inject`` (``model`` or
+    ``method``); none for a plain TrainState."""
+    if not isinstance(state, GridTrainState):
+        return {}
+    return {k: v for k, v in state.hparams.items() if _TRACED_BY_NAME[k].inject == inject}
 
 
-def apply_model(state: TrainState, images: jnp.ndarray, *, model) -> dict[str, jnp.ndarray]:
-    """The model's outputs in evaluation mode (running BatchNorm statistics)."""
-    return model.apply(
+def _outputs(state: TrainState, outputs, method: Method | None) -> dict[str, jnp.ndarray]:
+    """The method's outputs from the model's (:meth:`~cmseg_jax.methods.Method.outputs`, with
+    the state's traced method keywords); the model's own without a method."""
+    if method is None:
+        return outputs
+    return method.outputs(outputs, **_traced_kwargs(state, "method"))
+
+
+def apply_model(
+    state: TrainState, images: jnp.ndarray, *, model, method: Method | None = None
+) -> dict[str, jnp.ndarray]:
+    """The outputs in evaluation mode (running BatchNorm statistics): the model's, or with
+    ``method`` the method's (its pooling of the class maps)."""
+    outputs = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},
         images,
         train=False,
-        **_model_kwargs(state),
+        **_traced_kwargs(state, "model"),
     )
+    return _outputs(state, outputs, method)
 
 
 def train_step(state, batch, class_weights, rng, *, model, tx, method: Method, gamma_range=None):
@@ -200,8 +233,9 @@ def train_step(state, batch, class_weights, rng, *, model, tx, method: Method, g
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": jax.random.fold_in(rng, DROPOUT)},
-            **_model_kwargs(state),
+            **_traced_kwargs(state, "model"),
         )
+        outputs = _outputs(state, outputs, method)
         num, den = method.loss(outputs, masks, labels, class_weights)
         return num / den, updates["batch_stats"]
 
@@ -263,7 +297,7 @@ def eval_step(
       {"loss_num", "loss_den", "confusion" (4,), "cls_confusion" (4,)[, "histograms" (2, bins)]}.
     """
     images, masks, labels, valid = batch
-    outputs = apply_model(state, images, model=model)
+    outputs = apply_model(state, images, model=model, method=method)
     scores, pred, image_pred = method.predict(outputs, threshold, gate)
     num, den = method.loss(outputs, masks, labels, class_weights, valid)
     valid_px = jnp.broadcast_to(valid[:, None, None], masks.shape)
@@ -308,7 +342,7 @@ def evaluate(state, split, class_weights, *, eval_batch, num_bins=None, **step_k
 def ensemble_terms(state, images, *, model, method: Method, gate):
     """What one seed adds to an ensemble of a batch: (pixel scores (B, S, S) float32,
     image scores (B,) float32; zeros for a method that reads the image prediction off the mask)."""
-    outputs = apply_model(state, images, model=model)
+    outputs = apply_model(state, images, model=model, method=method)
     scores = method.pixel_scores(outputs, gate)
     if method.image_score is None:
         return scores, jnp.zeros(scores.shape[:1], jnp.float32)
@@ -345,7 +379,7 @@ def ensemble_stats(score_sum, image_sum, count, batch, *, method: Method, thresh
 
 def predict_scores(state, images, *, model, method: Method, gate) -> jnp.ndarray:
     """(B, S, S) liver scores of float images (B, S, S)."""
-    return method.pixel_scores(apply_model(state, images, model=model), gate)
+    return method.pixel_scores(apply_model(state, images, model=model, method=method), gate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,12 +434,10 @@ def make_train(
       traced: fields of :data:`TRACED` that vary per seed (a grid); ``init`` then takes
         ``(key, hparams)`` with their values.
     """
-    unknown = set(traced) - set(TRACED)
-    if unknown:
-        raise ValueError(f"{sorted(unknown)}: not traced; traced grid fields are {TRACED}")
+    _traced(traced)
     method = methods.of(config)
     model = make_model(config)
-    tx = make_optimizer(config, traced_lr="train.learning_rate" in traced)
+    tx = make_optimizer(config, traced)
     batch_size = config.train.batch_size
     steps_per_epoch = num_train // batch_size
     if steps_per_epoch < 1:

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from cmseg_jax import methods
+from cmseg_jax import config_base, methods
 from cmseg_jax.data import lits, sources
 from cmseg_jax.errors import UsageError
 from cmseg_jax.models import registry
+from cmseg_jax.models.heads import DEFAULT_POOLING, POOLINGS
 
 UPSAMPLE = ("transposed", "bilinear")
 DEPTHWISE = ("auto", "conv", "shift")
@@ -77,6 +78,57 @@ def _numbers(config, field: str, length: int) -> tuple[float, ...]:
     return out
 
 
+def _fields_of(pooling) -> list[str]:
+    """The config fields of a pooling's parameters."""
+    return [f"cam.{p}" for p in pooling.params]
+
+
+def _pooling_params() -> dict[str, str]:
+    """Every pooling parameter's config field -> the pooling that takes it."""
+    return {f: name for name, pooling in POOLINGS.items() for f in _fields_of(pooling)}
+
+
+def _check_pooling(config: ml_collections.ConfigDict) -> None:
+    """``cam.pooling`` and its parameters, at every combination of the grid's values of the
+    method and the cam fields: a known pooling; every pooling parameter (``cam.<parameter>``)
+    a finite number > 0; a pooling other than the default only for a method that pools its
+    class maps (CAM_β: CAM_α max-pools its C_t maps inside the model's head, ``full`` has no
+    image-level loss); a grid over a pooling parameter only where the pooling takes it (else its
+    points would all train alike)."""
+    params = _pooling_params()
+    try:
+        grid = config_base.parse_grid(config)
+    except ValueError:
+        grid = {}  # a malformed grid: one line from where the sweep reads it
+    for field in sorted(grid.keys() & params.keys()):
+        for value in grid[field]:
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise _bad(field, value, "must be a finite number > 0 (a sweep.grid value)")
+    pooling_methods = [m.name for m in methods.METHODS.values() if m.pools_class_maps]
+    chosen = {f: v for f, v in grid.items() if f == "method" or f.startswith("cam.")}
+    for point in config_base.grid_points(chosen):
+        at = config_base.at_point(config, point) if point else config
+        method = methods.get(_choice(at, "method", tuple(methods.METHODS)))
+        name = _choice(at, "cam.pooling", tuple(POOLINGS))
+        for field in params:
+            _real(at, field, 0.0, open_low=True)
+        if name != DEFAULT_POOLING and not method.pools_class_maps:
+            raise _bad(
+                "cam.pooling",
+                name,
+                f"pools the class maps of method {' / '.join(pooling_methods)} only; "
+                f"method {method.name!r} takes {DEFAULT_POOLING!r}",
+            )
+        for field in sorted(grid.keys() & params.keys()):
+            used = method.pools_class_maps and field in _fields_of(POOLINGS[name])
+            if not used:
+                raise UsageError(
+                    f"config.sweep.grid: {field} is a parameter of cam.pooling="
+                    f"{params[field]!r} (method {' / '.join(pooling_methods)}), unused by method "
+                    f"{method.name!r} with cam.pooling={name!r}: its points would all train alike"
+                )
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Checks every field the sweep uses; raises UsageError naming the first bad one."""
     method = methods.get(_choice(config, "method", tuple(methods.METHODS)))
@@ -103,6 +155,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.model.smoothing and config.model.smoothing_size is not None:
         _int(config, "model.smoothing_size", 1)
     _real(config, "cam.threshold", 0.0, 1.0)
+    _check_pooling(config)
 
     d = "data"
     source = _get(config, f"{d}.source")

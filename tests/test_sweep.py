@@ -65,11 +65,13 @@ def test_legacy_checkpoint_resumes_with_identical_results(tmp_path):
 
 
 def test_the_thesis_configs_exist():
-    # Its seven ConvMixerSeg experiments and the FCN-ResNet-50 baseline.
+    # Its seven ConvMixerSeg experiments and the FCN-ResNet-50 baseline, and full supervision with
+    # the MCC loss the thesis discusses.
     assert CONFIGS == sorted(
         [
             "fcn_resnet50",
             "full_ce",
+            "full_mcc",
             "cam_beta",
             "cam_alpha",
             "ablation_no_gs",
@@ -80,9 +82,10 @@ def test_the_thesis_configs_exist():
     )
 
 
-# full_ce and cam_beta have tests of their own, fcn_resnet50 too (tests/test_fcn.py).
+# full_ce and cam_beta have tests of their own, fcn_resnet50 and full_mcc too (tests/test_fcn.py,
+# tests/test_mcc_loss.py).
 @pytest.mark.parametrize(
-    "name", [c for c in CONFIGS if c not in ("full_ce", "cam_beta", "fcn_resnet50")]
+    "name", [c for c in CONFIGS if c not in ("full_ce", "cam_beta", "fcn_resnet50", "full_mcc")]
 )
 def test_tiny_sweep_end_to_end(name, tmp_path):
     proc = run_cli(f"--config=configs/{name}.py:tiny", "--num_seeds=2", f"--workdir={tmp_path}")

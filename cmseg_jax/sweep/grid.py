@@ -1,7 +1,8 @@
 """Hyperparameter grids: grid points × seeds as one run axis, and their files.
 
 A config declares ``sweep.grid`` (:func:`cmseg_jax.config_base.parse_grid`). Fields of
-:data:`cmseg_jax.config_base.TRACED` (σ of the Gaussian, the learning rate) are traced: every traced
+:data:`cmseg_jax.config_base.TRACED_FIELDS` (σ of the Gaussian, the learning rate, the poolings'
+parameters; each record says how its value reaches the step) are traced: every traced
 point × seed is one row of the seed-stacked state, so one compiled program trains them all (the
 rows are vmapped, chunked and sharded like seeds). Any other field changes the program (shapes,
 Python control flow), so the sweep trains one program per combination of its values, each in
@@ -59,13 +60,14 @@ class RunAxis:
         return tuple(self.points[0])
 
     def hparams(self) -> dict[str, np.ndarray] | None:
-        """field -> (rows,) float32 value of every row; None without traced fields."""
+        """field -> (rows,) value of every row (the field's traced dtype); None without traced
+        fields."""
         if not self.traced:
             return None
         n = len(self.seeds)
+        dtype = {f: config_base.TRACED_FIELDS[f].dtype for f in self.traced}
         return {
-            f: np.repeat(np.asarray([p[f] for p in self.points], np.float32), n)
-            for f in self.traced
+            f: np.repeat(np.asarray([p[f] for p in self.points], dtype[f]), n) for f in self.traced
         }
 
     def point(self, i: int) -> dict:
