@@ -90,6 +90,41 @@ def device_peaks(device, dtype: str, repeats: int) -> dict:
     return {"flops": float("nan"), "bandwidth": float("nan"), "source": "unknown device"}
 
 
+def random_split(config, num_train: int, seed: int = 0) -> tuple[dict, jnp.ndarray]:
+    """A device-resident training split of ``num_train`` random slices at the config's size
+    (masks of about 20 % liver) and the class weights: the data every mode trains on."""
+    size = config.data.image_size
+    rng = np.random.default_rng(seed)
+    masks = (rng.random((num_train, size, size)) < 0.2).astype(np.uint8)
+    split = jax.device_put(
+        {
+            "images": dataset.encode_images(rng.uniform(-1, 1, (num_train, size, size))),
+            "masks": masks,
+            "labels": masks.reshape(num_train, -1).max(1).astype(np.int32),
+            "valid": np.ones(num_train, bool),
+        }
+    )
+    return split, jnp.asarray([1.0, 4.0], jnp.float32)
+
+
+def sweep_steps(config, trainer, steps, num_seeds: int, data_bytes: int, device, in_place=False):
+    """The sweep's own seed-stacked call of ``steps`` for ``num_seeds`` seeds: ``jit`` of the
+    layout ``sweep.plan_layout`` picks for this device (chunk size, vmap or ``lax.map``), and
+    that plan. Takes (seed-stacked states, split, class weights, epoch, start step).
+
+    With ``in_place`` it is the sweep's training call itself (``SweepFns.train``): the chunks
+    write their new states back into the donated input stack (which the call consumes)."""
+    # The layout only (as the sweep plans it): a fixed chunk is not compiled for its memory.
+    plan = plan_layout(
+        config, trainer, num_seeds, data_bytes, devices=[device], measure_fixed=False
+    )
+    if in_place:
+        fn = jax.jit(over_seeds(steps, plan.chunk, in_place=True), donate_argnums=0)
+    else:
+        fn = jax.jit(over_seeds(steps, plan.chunk))
+    return fn, plan
+
+
 def timed(fn, repeats: int) -> float:
     """Median wall seconds of ``fn()`` (which blocks until its result is ready)."""
     fn()  # compile + warm up
@@ -258,17 +293,7 @@ def main() -> None:
         config.model.depthwise_impl = args.depthwise
     size, batch = config.data.image_size, config.train.batch_size
     num_train = batch * args.steps
-    rng = np.random.default_rng(0)
-    masks = (rng.random((num_train, size, size)) < 0.2).astype(np.uint8)
-    split = jax.device_put(
-        {
-            "images": dataset.encode_images(rng.uniform(-1, 1, (num_train, size, size))),
-            "masks": masks,
-            "labels": masks.reshape(num_train, -1).max(1).astype(np.int32),
-            "valid": np.ones(num_train, bool),
-        }
-    )
-    weights = jnp.asarray([1.0, 4.0], jnp.float32)
+    split, weights = random_split(config, num_train)
     trainer = make_train(config, num_train=num_train)
     steps = functools.partial(trainer.train_steps, length=args.steps)
     vmapped = jax.jit(over_seeds(steps, 0))
@@ -295,9 +320,7 @@ def main() -> None:
         keys = jnp.stack([seed_key(0, s) for s in range(n)])
         states = init(keys)
         singles = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(n)]
-        # The layout only (as the sweep plans it): a fixed chunk is not compiled for its memory.
-        plan = plan_layout(config, trainer, n, data_bytes, devices=[device], measure_fixed=False)
-        swept = jax.jit(over_seeds(steps, plan.chunk))
+        swept, plan = sweep_steps(config, trainer, steps, n, data_bytes, device)
         runs = {
             "sweep": lambda st=states, f=swept: jax.block_until_ready(
                 f(st, split, weights, epoch, start)
