@@ -636,8 +636,10 @@ def write_run_info(
     num_epochs: int,
     data: str,
     device: str,
+    xla: dict | None = None,
 ) -> None:
-    """``run.json``, written when a run has finished; ``diverged`` are seed ids."""
+    """``run.json``, written when a run has finished; ``diverged`` are seed ids; ``xla``: the
+    XLA flags the run's backend started with (:func:`cmseg_jax.xla_flags.record`)."""
     info = {
         "seeds": [int(s) for s in seeds],
         "diverged": [int(s) for s in diverged],
@@ -646,6 +648,8 @@ def write_run_info(
         "data": str(data),
         "device": str(device),
     }
+    if xla is not None:
+        info["xla"] = dict(xla)
     io_utils.write_json(pathlib.Path(workdir) / RUN_INFO, info)
 
 

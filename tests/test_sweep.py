@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmseg_jax import xla_flags
 from cmseg_jax.checkpoint import Checkpointer
 from cmseg_jax.results import RESULT_METRICS
 from cmseg_jax.sweep import over_seeds, resolve_seeds
@@ -95,6 +96,11 @@ def test_tiny_sweep_end_to_end(name, tmp_path):
     assert "LAYOUT: 2 seeds (padded to 2) over 1 device(s), 1 per chunk" in proc.stderr
     assert "lax.map over 2 chunks; map)" in proc.stderr
     assert "| MCC |" in proc.stdout
+    # The XLA flags the backend started with: the sweep's defaults (none are on), then ours.
+    flags, defaults = xla_flags.compose(os.environ.get("XLA_FLAGS"), xla_flags.CPU_DEFAULTS)
+    assert f"XLA: flags {flags or '(none)'} " in proc.stderr
+    xla = json.loads((tmp_path / "run.json").read_text())["xla"]
+    assert xla["flags"] == flags and xla["defaults"] == defaults and not xla["backend_started"]
 
 
 def _check_outputs(workdir, seeds, epochs):
@@ -191,6 +197,8 @@ def test_seeds_sharded_over_four_devices_equal_one_device(full_three_seeds, tmp_
     )
     assert "DEVICES: 3 seeds (padded to 4) over 4 devices" in proc.stderr
     _check_outputs(tmp_path, seeds=[0, 1, 2], epochs=2)
+    xla = json.loads((tmp_path / "run.json").read_text())["xla"]
+    assert "--xla_force_host_platform_device_count=4" in xla["flags"].split()
     _assert_same_results(tmp_path, full_three_seeds)
     a, b = np.load(tmp_path / "final_stats.npz"), np.load(full_three_seeds / "final_stats.npz")
     for key in ("confusion", "cls_confusion"):

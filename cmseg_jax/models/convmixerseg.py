@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cmseg_jax.models import decoder, heads
+from cmseg_jax.models import activations, decoder, heads
 from cmseg_jax.models.batchnorm import BatchNorm, unbiased
 from cmseg_jax.models.depthwise import depthwise_conv
 from cmseg_jax.models.smoothing import gaussian_smooth
@@ -60,8 +60,9 @@ def torch_uniform(fan_in: int):
 
 
 def gelu(x: Array) -> Array:
-    # PyTorch's nn.GELU default is the exact (erf) form.
-    return jax.nn.gelu(x, approximate=False)
+    # PyTorch's nn.GELU default is the exact (erf) form: jax.nn.gelu(approximate=False)'s values,
+    # with a derivative that recomputes no erfc (cmseg_jax.models.activations).
+    return activations.gelu(x)
 
 
 class PatchEmbed(nn.Module):

@@ -34,19 +34,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cmseg_jax.models.activations import gelu, gelu_grad
+
 EPS = 1e-5
-_SQRT_HALF = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
-
-
-def _gelu(f):
-    return jax.nn.gelu(f, approximate=False)
-
-
-def _gelu_grad(f):
-    f32 = f.astype(jnp.float32)
-    cdf = 0.5 * (1.0 + lax.erf(f32 * _SQRT_HALF))
-    return cdf + f32 * _INV_SQRT_2PI * jnp.exp(-0.5 * f32 * f32)
 
 
 def _features(y, kernel, bias):
@@ -72,7 +62,7 @@ def decoder_stats(y, kernel, bias, inside, chunk):
     count = jnp.sum(inside) * y.shape[0]
 
     def body(sums, y_c):
-        g = _gelu(_features(y_c, kernel, bias)).astype(jnp.float32) * inside
+        g = gelu(_features(y_c, kernel, bias)).astype(jnp.float32) * inside
         axes = (0, 1, 2, 3, 4)
         return (sums[0] + jnp.sum(g, axes), sums[1] + jnp.sum(g * g, axes)), None
 
@@ -86,7 +76,7 @@ def decoder_logits(y, kernel, bias, w_folded, b_folded, chunk):
     """Logits (B, n, n, p, p, K) float32 of the block with BatchNorm folded into ``w_folded``."""
 
     def body(_, y_c):
-        g = _gelu(_features(y_c, kernel, bias))
+        g = gelu(_features(y_c, kernel, bias))
         logits = jnp.einsum("...d,dk->...k", g, w_folded.astype(g.dtype))
         return None, (logits + b_folded.astype(g.dtype)).astype(jnp.float32)
 
@@ -138,7 +128,7 @@ def _train_bwd(inside_spec, chunk, res, cotangents):
 
     def recompute(y_c):
         f = _features(y_c, kernel, bias)
-        g = _gelu(f).astype(jnp.float32)
+        g = gelu(f).astype(jnp.float32)
         return f, g, (g - mean) * r
 
     # Pass 1: the parameter gradients of BatchNorm and the 1×1 conv, and the BatchNorm sums.
@@ -172,7 +162,7 @@ def _train_bwd(inside_spec, chunk, res, cotangents):
         f, g, xhat = recompute(y_c)
         d_xhat = jnp.einsum("...k,dk->...d", dl_c, w) * scale
         d_g = r * (d_xhat - m1 - xhat * m2) + d_mean / count + d_var * 2.0 * (g - mean) / count
-        d_f = (d_g * inside * _gelu_grad(f)).astype(y.dtype)
+        d_f = (d_g * inside * gelu_grad(f.astype(jnp.float32))).astype(y.dtype)
         d_kernel = jnp.einsum("bijc,bijpqd->cpqd", y_c, d_f, preferred_element_type=jnp.float32)
         d_y = jnp.einsum("bijpqd,cpqd->bijc", d_f, kernel.astype(d_f.dtype))
         return (acc[0] + d_kernel, acc[1] + jnp.sum(d_f.astype(jnp.float32), (0, 1, 2, 3, 4))), d_y

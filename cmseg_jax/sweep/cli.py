@@ -7,6 +7,7 @@ in the same process keep their own ``--config``.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from cmseg_jax import (
     distributed,
     errors,
     validate,
+    xla_flags,
 )
 from cmseg_jax.sweep import targets
 from cmseg_jax.sweep.loop import run
@@ -39,6 +41,8 @@ _DISTRIBUTED = distributed.define_flags()
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise errors.UsageError(f"{argv[1]}: unexpected argument (flags start with --)")
+    # Before any backend starts (XLA reads XLA_FLAGS then): the defaults, the user's flags.
+    print(xla_flags.describe(xla_flags.apply()), file=sys.stderr, flush=True)
     distributed.initialize(**{name: holder.value for name, holder in _DISTRIBUTED.items()})
     # Orbax logs every save at INFO; keep the terminal for the progress bar and the summary.
     if not flags.FLAGS["verbosity"].present:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmseg_jax import config_base, distributed, methods, results, variants
+from cmseg_jax import config_base, distributed, methods, results, variants, xla_flags
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.data import dataset
 from cmseg_jax.sweep import ensemble as ensemble_lib
@@ -151,6 +151,7 @@ def _write_outputs(config, workdir, seeds, states, data, fns, data_description, 
         num_epochs=config.train.epochs,
         data=data_description,
         device=f"{device.platform}:{device.device_kind}",
+        xla=xla_flags.record(),
     )
     return {
         "seeds": seeds,
