@@ -261,6 +261,14 @@ def cli(debug: bool = False) -> Iterator[None]:
         sys.exit(code)
 
 
+def lookup(table: dict, name, field: str):
+    """``table[name]``; for an unknown name the one-line UsageError of config field ``field``
+    (``config.data.source='x': must be one of phantom, lits``)."""
+    if name in table:
+        return table[name]
+    raise UsageError(f"config.{field}={name!r}: must be one of {', '.join(table)}")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse`` with a ``--debug`` flag and one-line usage errors (exit status 2)."""
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from cmseg_jax import errors
 from cmseg_jax.data import lits, phantom
 from cmseg_jax.data.lits import Layout
 from cmseg_jax.errors import UsageError
@@ -177,12 +178,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (PHANTOM, LITS, TFDS)}
 
 def get(name: str) -> Source:
     """The source called ``name``; a one-line error naming the field for an unknown one."""
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise UsageError(
-            f"config.data.source={name!r}: must be one of {', '.join(SOURCES)}"
-        ) from None
+    return errors.lookup(SOURCES, name, "data.source")
 
 
 def of(config: ml_collections.ConfigDict) -> Source:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from cmseg_jax import config_base
+from cmseg_jax import config_base, errors
 from cmseg_jax.errors import UsageError
 from cmseg_jax.models.convmixerseg import ConvMixerSeg
 from cmseg_jax.models.fcn_resnet import FCNResNet50
@@ -118,11 +118,7 @@ MODELS: dict[str, Model] = {m.name: m for m in (CONVMIXERSEG, FCN_RESNET50)}
 
 def get(name: str) -> Model:
     """The network called ``name``; a one-line error naming the field for an unknown one."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        choices = ", ".join(MODELS)
-        raise UsageError(f"config.model.arch={name!r}: must be one of {choices}") from None
+    return errors.lookup(MODELS, name, "model.arch")
 
 
 def of(config: ml_collections.ConfigDict) -> Model:
