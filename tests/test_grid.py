@@ -37,7 +37,11 @@ def _epoch(config, keys, split, weights, traced=(), hparams=None):
 
 @pytest.mark.parametrize(
     "field, values",
-    [("model.smoothing_sigma", (0.5, 1.0)), ("train.learning_rate", (0.01, 0.003))],
+    [
+        ("model.smoothing_sigma", (0.5, 1.0)),
+        # An optimizer hyperparameter's record (tests/test_methods.py) in a whole run: slow run.
+        pytest.param("train.learning_rate", (0.01, 0.003), marks=pytest.mark.slow),
+    ],
 )
 def test_a_grid_point_trains_as_its_own_config(data, field, values):
     split, weights = data

@@ -65,6 +65,7 @@ def values(workdir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # three sweeps, two of them as two processes: minutes
 def test_two_processes_equal_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     proc = subprocess.run(

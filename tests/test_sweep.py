@@ -85,8 +85,15 @@ def test_the_thesis_configs_exist():
 
 # full_ce and cam_beta have tests of their own, fcn_resnet50 and full_mcc too (tests/test_fcn.py,
 # tests/test_mcc_loss.py).
+# The ablations differ from their parent configs by one model or data field each: their whole
+# runs are in the slow run.
 @pytest.mark.parametrize(
-    "name", [c for c in CONFIGS if c not in ("full_ce", "cam_beta", "fcn_resnet50", "full_mcc")]
+    "name",
+    [
+        pytest.param(c, marks=pytest.mark.slow) if c.startswith("ablation_") else c
+        for c in CONFIGS
+        if c not in ("full_ce", "cam_beta", "fcn_resnet50", "full_mcc")
+    ],
 )
 def test_tiny_sweep_end_to_end(name, tmp_path):
     proc = run_cli(f"--config=configs/{name}.py:tiny", "--num_seeds=2", f"--workdir={tmp_path}")
@@ -314,6 +321,7 @@ def test_dry_run_plans_the_headline_sweep_for_an_80gb_gpu():
     assert "(48 seeds padded to 48 over 1 devices" in proc.stdout
 
 
+@pytest.mark.slow  # a thesis-size plan compiled by XLA:CPU; the f32 one runs by default
 def test_dry_run_bfloat16_puts_a_dozen_seeds_in_a_chunk():
     proc = run_cli(
         "--config=configs/cam_beta.py",
