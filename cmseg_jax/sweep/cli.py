@@ -41,8 +41,9 @@ _DISTRIBUTED = distributed.define_flags()
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise errors.UsageError(f"{argv[1]}: unexpected argument (flags start with --)")
-    # Before any backend starts (XLA reads XLA_FLAGS then): the defaults, the user's flags.
-    print(xla_flags.describe(xla_flags.apply()), file=sys.stderr, flush=True)
+    # Before any backend starts (XLA reads XLA_FLAGS then): the defaults, the user's flags. The
+    # sweep states them in its XLA: line once the config is checked (an error stays one line).
+    xla_flags.apply()
     distributed.initialize(**{name: holder.value for name, holder in _DISTRIBUTED.items()})
     # Orbax logs every save at INFO; keep the terminal for the progress bar and the summary.
     if not flags.FLAGS["verbosity"].present:
@@ -56,6 +57,7 @@ def main(argv: Sequence[str]) -> None:
         targets.start_host_backend()
     enable_compilation_cache(config)
     if _DRY_RUN.value:
+        print(xla_flags.describe(xla_flags.record()), file=sys.stderr, flush=True)
         info = dry_run(config, len(seeds), report=_print_seed_step)
         print(f"layout: {info['plan'].describe(len(seeds))}")
         print(

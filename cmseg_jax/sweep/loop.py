@@ -27,6 +27,7 @@ from cmseg_jax import (
     tensorboard_log,
     validate,
     workdir_lock,
+    xla_flags,
 )
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import with_fields
@@ -202,6 +203,7 @@ def _set_up(config, workdir: pathlib.Path, axis: grid.RunAxis) -> _Setup:
     )
     if plan.execution:
         trainer = make_trainer(with_fields(config, plan.execution))
+    print(xla_flags.describe(xla_flags.record()), file=sys.stderr, flush=True)
     print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
     distributed.check_same(plan.chunk, "train.seed_chunk")
     layout = plan.layout
