@@ -202,3 +202,15 @@ def test_predict_writes_case_names(layouts, tmp_path):
 def test_write_layout_refuses_an_unknown_layout(layouts, tmp_path):
     with pytest.raises(ValueError, match="layout must be 'msd' or 'nnunet'"):
         msd.write_layout(layouts["lits"], tmp_path / "x", "nifti")
+
+
+def test_the_msd_config_reads_the_decathlon(layouts, tmp_path):
+    config = load_config("configs/msd/cam_beta.py:tiny")
+    assert config.data.source == "msd" and config.method == "cam_beta"
+    with pytest.raises(UsageError, match=r"^config\.data\.dir: data\.source='msd' needs"):
+        validate.check_config(config)
+    config.data.dir = str(layouts["msd"])
+    config.data.cache_dir = str(tmp_path)
+    validate.check_config(config)
+    splits, what = dataset.load_dataset(config)
+    assert what.startswith("MSD liver volumes from") and len(splits["train"]) > 0

@@ -7,7 +7,6 @@ in the same process keep their own ``--config``.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 
@@ -42,7 +41,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise errors.UsageError(f"{argv[1]}: unexpected argument (flags start with --)")
     # Before any backend starts (XLA reads XLA_FLAGS then): the defaults, the user's flags. The
-    # sweep states them in its XLA: line once the config is checked (an error stays one line).
+    # sweep states them at the end of its LAYOUT: line (the dry run: an xla: line on stdout).
     xla_flags.apply()
     distributed.initialize(**{name: holder.value for name, holder in _DISTRIBUTED.items()})
     # Orbax logs every save at INFO; keep the terminal for the progress bar and the summary.
@@ -57,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
         targets.start_host_backend()
     enable_compilation_cache(config)
     if _DRY_RUN.value:
-        print(xla_flags.describe(xla_flags.record()), file=sys.stderr, flush=True)
+        print(xla_flags.describe(xla_flags.record()).replace("XLA: ", "xla: ", 1))
         info = dry_run(config, len(seeds), report=_print_seed_step)
         print(f"layout: {info['plan'].describe(len(seeds))}")
         print(

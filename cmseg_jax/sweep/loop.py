@@ -203,8 +203,8 @@ def _set_up(config, workdir: pathlib.Path, axis: grid.RunAxis) -> _Setup:
     )
     if plan.execution:
         trainer = make_trainer(with_fields(config, plan.execution))
-    print(xla_flags.describe(xla_flags.record()), file=sys.stderr, flush=True)
-    print(f"LAYOUT: {plan.describe(num)}", file=sys.stderr, flush=True)
+    xla = xla_flags.describe(xla_flags.record())
+    print(f"LAYOUT: {plan.describe(num)}; {xla}", file=sys.stderr, flush=True)
     distributed.check_same(plan.chunk, "train.seed_chunk")
     layout = plan.layout
     ensemble = None
