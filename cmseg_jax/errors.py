@@ -386,8 +386,12 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         del frame
-        if self.deferring and self.signum is None:
+        first = self.signum is None
+        if first:
+            # Kept even when raising: an exception raised where Python ignores it (a garbage
+            # collection callback) is then still honoured at the next safe point.
             self.signum = signum
+        if self.deferring and first:
             return
         raise Interrupted(
             signum, "stopped; rerun the same command to resume from the last checkpoint"

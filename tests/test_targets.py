@@ -7,12 +7,14 @@ CLI runs under ``$CMSEG_AOT_PYTHON`` (``.ci/run`` makes that environment), or un
 interpreter when it has both; without either the tests skip, except under CI, where they fail.
 """
 
+import fcntl
 import importlib.util
 import math
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -44,7 +46,11 @@ def dry_run(*args):
     env.pop("XLA_FLAGS", None)  # the tests' XLA:CPU setting is not the target's
     env.pop("JAX_PLATFORMS", None)  # the CLI itself keeps the host on its CPU
     cmd = [_aot_python(), "-m", "cmseg_jax.sweep", "--dry_run", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # libtpu takes a machine-wide lock file: one TPU compile at a time across the test workers.
+    with open(pathlib.Path(tempfile.gettempdir()) / "cmseg_tests_libtpu.lock", "w") as lock:
+        if any("target=tpu" in a for a in args):
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 # What the CUDA plugin prints from C++ when ``import jax`` loads it on a machine without a driver,
