@@ -675,9 +675,10 @@ def test_stop_in_mid_epoch_resumes_bit_identically(finished, tmp_path):
     config.train.epochs, config.train.steps_per_call = 3, 2
     config.eval.without_smoothing = False
     workdir = tmp_path / "w"
-    # Safe points: 2 calls + 1 checkpoint per epoch; the 4th is mid-way through epoch 2.
+    # Safe points: 1 before training, then 2 calls + 1 checkpoint per epoch; the 5th is
+    # mid-way through epoch 2.
     with pytest.raises(errors.Interrupted, match="in epoch 2 after step 2 of 4"):
-        sweep.run(config, workdir, [0, 1], progress=False, stop=StopAfter(3))
+        sweep.run(config, workdir, [0, 1], progress=False, stop=StopAfter(4))
     assert (workdir / "interrupted").is_dir()
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1"]
     sweep.run(config, workdir, [0, 1], progress=False)

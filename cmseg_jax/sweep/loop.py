@@ -303,7 +303,8 @@ def _train(config, workdir, axis: grid.RunAxis, setup: _Setup, where: _Where, pr
         desc=f"{config.name} × {num} seeds",
         file=sys.stderr,
     )
-    if stop.requested:  # a signal whose exception was swallowed where it was raised
+    # A signal whose exception was swallowed where it was raised (a gc callback, say).
+    if distributed.any_process(stop.requested):
         raise stop.stop("stopped before training; rerun the same command to resume")
     stop.deferring = True  # a signal from here on is honoured at the next safe point
     for epoch in range(start + 1, epochs + 1):
