@@ -263,7 +263,7 @@ def jax_param_count(config) -> int:
     import jax
     import jax.numpy as jnp
 
-    from cmseg_jax.models.convmixerseg import count_params as count_jax
+    from cmseg_jax.models.common import count_params as count_jax
     from cmseg_jax.train import make_model
 
     size = config.data.image_size

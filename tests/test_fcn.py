@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmseg_jax.models.batchnorm import BatchNorm
-from cmseg_jax.models.convmixerseg import count_params
+from cmseg_jax.models.common import count_params
 from cmseg_jax.models.fcn_resnet import FCNResNet50, torchvision_name
 from tests.conftest import ROOT, load_config
 

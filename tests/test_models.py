@@ -10,12 +10,12 @@ from scipy import signal
 
 from cmseg_jax import methods
 from cmseg_jax.models.batchnorm import BatchNorm
+from cmseg_jax.models.common import count_params
 from cmseg_jax.models.convmixerseg import (
     ConvMixerSeg,
     Depthwise,
     PatchDecode,
     PatchEmbed,
-    count_params,
     upgrade_legacy_layout,
 )
 from cmseg_jax.models.depthwise import depthwise_conv

@@ -42,21 +42,13 @@ import numpy as np
 from jax import lax
 
 from cmseg_jax.models import activations, decoder, heads
-from cmseg_jax.models.batchnorm import BatchNorm, unbiased
+from cmseg_jax.models.batchnorm import unbiased
+from cmseg_jax.models.common import batch_norm, torch_uniform
 from cmseg_jax.models.depthwise import depthwise_conv
 from cmseg_jax.models.smoothing import gaussian_smooth
 
 Array = jnp.ndarray
 
-
-def torch_uniform(fan_in: int):
-    """PyTorch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def gelu(x: Array) -> Array:
@@ -149,18 +141,11 @@ class MixerLayer(nn.Module):
 
     @nn.compact
     def __call__(self, y: Array, _=None) -> tuple[Array, None]:
-        norm = functools.partial(_batch_norm, self.train, self.bn_momentum, self.dtype)
+        norm = functools.partial(batch_norm, self.train, self.bn_momentum, self.dtype)
         y = y + norm("dw_bn")(gelu(Depthwise(self.kernel_size, self.depthwise_impl, name="dw")(y)))
         z = norm("pw_bn")(gelu(Pointwise(self.hidden, name="pw")(y)))
         return (y + z if self.pointwise_residual else z), None
 
-
-def _batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> BatchNorm:
-    # Statistics are reduced in float32 whatever ``dtype`` is, and the running averages and
-    # affine parameters are float32; the running variance is PyTorch's (unbiased).
-    return BatchNorm(
-        use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype, name=name
-    )
 
 
 class ConvMixerSeg(nn.Module):
@@ -248,7 +233,7 @@ class ConvMixerSeg(nn.Module):
             ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
             constant_values=-1.0,
         )
-        norm = functools.partial(_batch_norm, train, self.bn_momentum, self.dtype)
+        norm = functools.partial(batch_norm, train, self.bn_momentum, self.dtype)
 
         y = norm("embed_bn")(gelu(PatchEmbed(self.hidden, p, name="embed")(x)))
         if self.depth > 0:
@@ -355,7 +340,7 @@ class Decoder(nn.Module):
         else:
             features = upsample(y)  # (B, n, n, p, p, C_t)
             inside = decoder.inside_mask(self.window, n_h, n_w, p)[None, ..., None]
-            features = _batch_norm(self.train, self.bn_momentum, self.dtype, "decoder_bn")(
+            features = batch_norm(self.train, self.bn_momentum, self.dtype, "decoder_bn")(
                 gelu(features), mask=jnp.broadcast_to(inside, features.shape)
             )
             logits = classifier(features).astype(jnp.float32)
@@ -388,10 +373,6 @@ class Decoder(nn.Module):
             ra_var.value = m * ra_var.value + (1.0 - m) * unbiased(lax.stop_gradient(var), count)
         return logits
 
-
-def count_params(params) -> int:
-    """Number of trainable scalars in a params pytree (BatchNorm scale and bias included)."""
-    return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
 
 
 _LEGACY_MIXER = re.compile(r"mixer(\d+)_(dw|dw_bn|pw|pw_bn)$")

@@ -51,8 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from cmseg_jax.models import heads
-from cmseg_jax.models.batchnorm import BatchNorm
-from cmseg_jax.models.convmixerseg import torch_uniform
+from cmseg_jax.models.common import batch_norm, torch_uniform
 
 Array = jnp.ndarray
 
@@ -62,12 +61,6 @@ EXPANSION = 4
 # normal with variance 2 / (out_channels · kh · kw).
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-
-def _batch_norm(train: bool, momentum: float, dtype: Any, name: str) -> BatchNorm:
-    # Statistics reduced in float32 whatever ``dtype`` is; running averages and affine float32.
-    return BatchNorm(
-        use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype, name=name
-    )
 
 
 def _conv(features, kernel, dtype, name, stride=1, dilation=1, init=KAIMING_FAN_OUT, bias=False):
@@ -99,7 +92,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        norm = functools.partial(_batch_norm, self.train, self.bn_momentum, self.dtype)
+        norm = functools.partial(batch_norm, self.train, self.bn_momentum, self.dtype)
         conv = functools.partial(_conv, dtype=self.dtype)
         out_features = self.planes * EXPANSION
         y = nn.relu(norm("bn1")(conv(self.planes, 1, name="conv1")(x)))
@@ -127,7 +120,7 @@ class FCNHead(nn.Module):
         c = x.shape[-1]
         inter = c // 4
         y = _conv(inter, 3, self.dtype, "conv", init=torch_uniform(c * 9))(x)
-        y = nn.relu(_batch_norm(self.train, self.bn_momentum, self.dtype, "bn")(y))
+        y = nn.relu(batch_norm(self.train, self.bn_momentum, self.dtype, "bn")(y))
         y = nn.Dropout(self.dropout, deterministic=not self.train)(y)
         init = torch_uniform(inter)
         out = nn.Conv(
@@ -181,7 +174,7 @@ class FCNResNet50(nn.Module):
             x = x[..., None]
         b, size_h, size_w, _ = x.shape
         x = jnp.broadcast_to(x, (b, size_h, size_w, self.in_channels)).astype(self.dtype)
-        norm = functools.partial(_batch_norm, train, self.bn_momentum, self.dtype)
+        norm = functools.partial(batch_norm, train, self.bn_momentum, self.dtype)
         y = nn.relu(norm("bn1")(_conv(self.width, 7, self.dtype, "conv1", stride=2)(x)))
         y = nn.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 

@@ -25,7 +25,7 @@ from cmseg_jax import cost, errors
 from cmseg_jax.config_base import with_fields
 from cmseg_jax.data import sources
 from cmseg_jax.models import registry
-from cmseg_jax.models.convmixerseg import count_params
+from cmseg_jax.models.common import count_params
 from cmseg_jax.sweep import ensemble as ensemble_lib
 from cmseg_jax.sweep import targets
 from cmseg_jax.sweep.layout import SeedLayout, SweepFns
