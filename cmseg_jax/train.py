@@ -388,9 +388,10 @@ class Trainer:
 
     Attributes:
       init: (key (2,), hparams=None) -> TrainState (a :class:`GridTrainState` for a grid point).
-      train_epoch: (state, train_split, class_weights, epoch) -> (state, {"loss_sum", "steps"}).
-      train_steps: like train_epoch but only ``length`` steps from step ``start`` of the epoch
-        (a ``functools.partial``-bound static length); splits an epoch for a finer progress bar.
+      train_steps: (state, train_split, class_weights, epoch, start, length=) -> (state,
+        {"loss_sum", "steps"}): ``length`` steps from step ``start`` of the epoch (a static
+        keyword; ``length=steps_per_epoch`` from 0 is the whole epoch). The sweep splits an epoch
+        into such calls (``train.steps_per_call``) for a finer progress bar and safe stops.
       evaluate: (state, split, class_weights) -> sufficient statistics (sums over the split).
       evaluate_final: as ``evaluate`` plus liver-score histograms.
       evaluate_variants: evaluation variant (:mod:`cmseg_jax.variants`) other than ``default``
@@ -401,15 +402,16 @@ class Trainer:
         ``default`` and every variant of ``evaluate_variants``.
       ensemble_stats: (score_sum, image_sum, count, (masks, labels, valid)) ->
         :func:`ensemble_stats` with the method's threshold and ``eval.score_bins``.
-      train: (key, data) -> (state, per-epoch statistics); the whole run as one pure function
-        (``data``: {"train", "val", "test", "class_weights"}).
+      train: (key, data) -> (state, per-epoch statistics); the whole run of one seed as one pure
+        function (``data``: {"train", "val", "test", "class_weights"}), for use from Python:
+        ``jax.jit(make_train(config, n).train)(key, data)`` (README, "From Python"). The sweep
+        runs the same ``train_steps`` and ``evaluate``, vmapped over seeds.
       steps_per_epoch: number of optimizer steps per epoch.
       model: the network.
       method: the training method.
     """
 
     init: Callable
-    train_epoch: Callable
     train_steps: Callable
     evaluate: Callable
     evaluate_final: Callable
@@ -466,12 +468,12 @@ def make_train(
     evaluate_fn = functools.partial(evaluate, model=model, **eval_kwargs)
     init = functools.partial(init_state, model=model, tx=tx, image_size=config.data.image_size)
 
-    def train_epoch(state, split, class_weights, epoch):
-        return train_fn(state, split, class_weights, epoch, 0, length=steps_per_epoch)
-
     def train(key, data):
         def epoch_body(state, epoch):
-            state, train_stats = train_epoch(state, data["train"], data["class_weights"], epoch)
+            weights = data["class_weights"]
+            state, train_stats = train_fn(
+                state, data["train"], weights, epoch, 0, length=steps_per_epoch
+            )
             evals = {
                 name: evaluate_fn(state, data[name], data["class_weights"])
                 for name in ("train", "val", "test")
@@ -491,7 +493,6 @@ def make_train(
         ensemble[variant.name] = functools.partial(terms, model=net)
     return Trainer(
         init=init,
-        train_epoch=train_epoch,
         train_steps=train_fn,
         evaluate=evaluate_fn,
         evaluate_final=functools.partial(evaluate_fn, num_bins=bins),

@@ -19,6 +19,17 @@ from cmseg_jax.config_base import load_config_file  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def whole_epoch(trainer):
+    """(state, split, class_weights, epoch) -> one whole epoch of ``trainer.train_steps``."""
+
+    def epoch_fn(state, split, class_weights, epoch):
+        return trainer.train_steps(
+            state, split, class_weights, epoch, 0, length=trainer.steps_per_epoch
+        )
+
+    return epoch_fn
+
+
 def load_config(spec: str):
     """Loads ``configs/<name>.py[:variant]`` the way ``--config`` does."""
     return load_config_file(spec, ROOT)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import whole_epoch
 
 from cmseg_jax import config_base
 from cmseg_jax.train import make_model, make_train, seed_key
@@ -136,7 +137,7 @@ def test_no_augmentation_changes_the_training_batches():
             "valid": jnp.ones(8, bool),
         }
         state = trainer.init(seed_key(0, 0))
-        _, stats = trainer.train_epoch(state, split, jnp.ones(2), jnp.int32(0))
+        _, stats = whole_epoch(trainer)(state, split, jnp.ones(2), jnp.int32(0))
         results[spec] = float(stats["loss_sum"])
     a, b = results.values()
     assert a != b
@@ -159,7 +160,7 @@ def test_whole_run_equals_its_epochs():
     key = seed_key(0, 3)
     state, per_epoch = jax.jit(trainer.train)(key, data)
     manual = trainer.init(key)
-    train_epoch, evaluate = jax.jit(trainer.train_epoch), jax.jit(trainer.evaluate)
+    train_epoch, evaluate = jax.jit(whole_epoch(trainer)), jax.jit(trainer.evaluate)
     for epoch in range(2):
         manual, stats = train_epoch(manual, split, weights, jnp.int32(epoch))
         np.testing.assert_allclose(per_epoch["train"]["loss_sum"][epoch], stats["loss_sum"], 1e-6)

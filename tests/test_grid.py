@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import whole_epoch
 
 from cmseg_jax import config_base
 from cmseg_jax import workdir as workdir_io
@@ -29,7 +30,7 @@ def _epoch(config, keys, split, weights, traced=(), hparams=None):
         states = jax.vmap(trainer.init)(keys)
     else:
         states = jax.vmap(trainer.init)(keys, hparams)
-    run = jax.jit(jax.vmap(trainer.train_epoch, in_axes=(0, None, None, None)))
+    run = jax.jit(jax.vmap(whole_epoch(trainer), in_axes=(0, None, None, None)))
     states, stats = run(states, split, weights, jnp.int32(0))
     evals = jax.vmap(trainer.evaluate, in_axes=(0, None, None))(states, split, weights)
     return states, stats, evals

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import whole_epoch
 
 from cmseg_jax import config_base, methods, validate
 from cmseg_jax.errors import UsageError
@@ -84,7 +85,7 @@ def test_r_grid_points_train_in_one_program_each_as_its_r_alone():
     split = jax.device_put(_random_split(8, base.data.image_size, seed=4))
     weights = jnp.asarray([0.6, 2.5], jnp.float32)
     trainer = make_train(base, num_train=8, traced=("cam.lse_r",))
-    epoch = chex.assert_max_traces(trainer.train_epoch, n=1)
+    epoch = chex.assert_max_traces(whole_epoch(trainer), n=1)
     run = jax.jit(jax.vmap(epoch, in_axes=(0, None, None, None)))
     keys = jnp.stack([seed_key(0, s) for _ in range(2) for s in (0, 1)])  # r-major, as a sweep
 
@@ -102,7 +103,7 @@ def test_r_grid_points_train_in_one_program_each_as_its_r_alone():
     evals = jax.vmap(trainer.evaluate, in_axes=(0, None, None))(states, split, weights)
     alone = make_train(load_config(f"{LSE},cam.lse_r=16.0"), num_train=8)
     a_states = jax.vmap(alone.init)(keys[2:])
-    a_states, a_stats = jax.jit(jax.vmap(alone.train_epoch, in_axes=(0, None, None, None)))(
+    a_states, a_stats = jax.jit(jax.vmap(whole_epoch(alone), in_axes=(0, None, None, None)))(
         a_states, split, weights, jnp.int32(0)
     )
     a_evals = jax.vmap(alone.evaluate, in_axes=(0, None, None))(a_states, split, weights)

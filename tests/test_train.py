@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import whole_epoch
 
 from cmseg_jax.data import dataset
 from cmseg_jax.data.augment import gamma_augment
@@ -39,7 +40,7 @@ def tiny():
 def test_epoch_compiles_once(tiny):
     config, _, split, weights = tiny
     trainer = make_train(config, num_train=16)
-    epoch_fn = jax.jit(chex.assert_max_traces(trainer.train_epoch, n=1))
+    epoch_fn = jax.jit(chex.assert_max_traces(whole_epoch(trainer), n=1))
     state = trainer.init(seed_key(0, 0))
     for epoch in range(1, 4):
         state, out = epoch_fn(state, split, weights, jnp.int32(epoch))
@@ -49,7 +50,7 @@ def test_epoch_compiles_once(tiny):
 
 def test_training_reduces_the_loss(tiny):
     config, trainer, split, weights = tiny
-    epoch_fn = jax.jit(trainer.train_epoch)
+    epoch_fn = jax.jit(whole_epoch(trainer))
     state = trainer.init(seed_key(0, 1))
     losses = []
     for epoch in range(1, 7):
@@ -61,10 +62,10 @@ def test_training_reduces_the_loss(tiny):
 def test_vmapped_seeds_equal_seeds_alone(tiny):
     _, trainer, split, weights = tiny
     keys = jnp.stack([seed_key(0, s) for s in range(3)])
-    stacked, _ = jax.jit(jax.vmap(trainer.train_epoch, in_axes=(0, None, None, None)))(
+    stacked, _ = jax.jit(jax.vmap(whole_epoch(trainer), in_axes=(0, None, None, None)))(
         jax.vmap(trainer.init)(keys), split, weights, jnp.int32(1)
     )
-    alone, _ = jax.jit(trainer.train_epoch)(trainer.init(keys[1]), split, weights, jnp.int32(1))
+    alone, _ = jax.jit(whole_epoch(trainer))(trainer.init(keys[1]), split, weights, jnp.int32(1))
     for a, b in zip(
         jax.tree_util.tree_leaves(alone), jax.tree_util.tree_leaves(stacked), strict=True
     ):
@@ -78,7 +79,7 @@ def test_vmapped_seeds_equal_seeds_alone(tiny):
 def test_split_epoch_equals_whole_epoch(tiny):
     _, trainer, split, weights = tiny
     state = trainer.init(seed_key(0, 2))
-    whole, _ = trainer.train_epoch(state, split, weights, jnp.int32(1))
+    whole, _ = whole_epoch(trainer)(state, split, weights, jnp.int32(1))
     half = trainer.steps_per_epoch // 2
     part, _ = trainer.train_steps(state, split, weights, jnp.int32(1), 0, length=half)
     rest = trainer.steps_per_epoch - half
@@ -97,7 +98,7 @@ def test_a_diverged_seed_is_frozen_and_the_others_go_on(tiny):
     poisoned_slice = 5
     clean = jax.tree.map(lambda x: jnp.stack([x] * 3), split)
     poisoned = dict(clean, images=clean["images"].at[1, poisoned_slice].set(jnp.nan))
-    run = jax.jit(jax.vmap(trainer.train_epoch, in_axes=(0, 0, None, None)))
+    run = jax.jit(jax.vmap(whole_epoch(trainer), in_axes=(0, 0, None, None)))
     got, _ = run(states, poisoned, weights, epoch)
     want, _ = run(states, clean, weights, epoch)
 

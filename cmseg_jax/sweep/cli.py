@@ -49,11 +49,12 @@ def main(argv: Sequence[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     config = _load_config()
     seeds = resolve_seeds(_NUM_SEEDS.value, _SEEDS.value, config.num_seeds)
-    validate.check_config(config)  # before any compilation, the dry run's included
-    if target_of(config) is not None and _DRY_RUN.value:
-        # The target is compiled for deviceless; the host needs no other backend (an installed
-        # libtpu or CUDA plugin would otherwise look for its absent hardware).
-        targets.start_host_backend()
+    if _DRY_RUN.value:
+        validate.check_config(config)  # before any compilation (run() checks its own config)
+        if target_of(config) is not None:
+            # The target is compiled for deviceless; the host needs no other backend (an
+            # installed libtpu or CUDA plugin would otherwise look for its absent hardware).
+            targets.start_host_backend()
     enable_compilation_cache(config)
     if _DRY_RUN.value:
         print(xla_flags.describe(xla_flags.record()).replace("XLA: ", "xla: ", 1))
