@@ -373,6 +373,9 @@ def test_layout_planner(monkeypatch):
     compiled.clear()
     plan = sweep.plan_layout(config, None, 12, data_bytes=gib)
     assert plan.chunk == 6 and compiled == [12, 1, 3, 4, 6], (plan, compiled)
+    # The data are counted once: 4 seeds' 9 GiB next to 3 GiB of data fill 12 GiB exactly.
+    config.train.memory_budget_gb = 12.0 / sweep.HEADROOM
+    assert sweep.plan_layout(config, None, 4, data_bytes=3 * gib).chunk == 4
     # An explicit chunk wins.
     config.train.seed_chunk = 2
     assert sweep.plan_layout(config, None, 5, data_bytes=0).chunk == 2

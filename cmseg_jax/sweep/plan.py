@@ -370,7 +370,7 @@ def plan_layout(
         if target
         else f"{devices[0].device_kind} ({platform})"
     )
-    limit = budget * HEADROOM - data_bytes
+    limit = budget * HEADROOM  # for the step and the resident data together
     sizes: dict = {}
 
     def measure(chunk, cfg=config, tr=trainer, key=()):
