@@ -547,7 +547,12 @@ def quick_sweep(config, seeds) -> predict.Sweep:
     trainer = train.make_train(config, num_train=len(splits["train"].labels))
     split = jax.tree_util.tree_map(jnp.asarray, dataset.device_layout(splits["train"]))
     weights = jnp.asarray(dataset.class_weights(splits["train"].masks, config.model.num_classes))
-    epoch_fn = jax.jit(trainer.train_epoch)
+    steps = trainer.steps_per_epoch
+    epoch_fn = jax.jit(
+        lambda state, split, weights, epoch: trainer.train_steps(
+            state, split, weights, epoch, 0, length=steps
+        )
+    )
     states = []
     for seed in seeds:
         state = trainer.init(train.seed_key(config.root_seed, seed))

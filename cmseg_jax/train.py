@@ -480,7 +480,8 @@ def make_train(
             }
             return state, {"train": train_stats, "eval": evals}
 
-        return lax.scan(epoch_body, init(key), jnp.arange(config.train.epochs))
+        # Epochs count from 1, as the sweep's do (the epoch seeds the data order and augmentation).
+        return lax.scan(epoch_body, init(key), jnp.arange(1, config.train.epochs + 1))
 
     terms = functools.partial(ensemble_terms, method=method, gate=gate)
     ensemble = {"default": functools.partial(terms, model=model)}

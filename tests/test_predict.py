@@ -300,3 +300,20 @@ def test_cli_module_over_a_directory(tmp_path, reference, tiny_sweep, cli_env):
     assert float(rows[-1]["dice"]) == pytest.approx(dice)
     assert f"GLOBAL (3 cases, pooled voxels): dice {dice:.4f}" in proc.stdout
     assert "MEAN PER CASE (3 cases): dice" in proc.stdout
+
+
+def test_train_from_python_ends_where_the_sweeps_seed_ends(sweep):
+    """``make_train(...).train`` of one seed (README, "From Python") is that seed of the sweep."""
+    from cmseg_jax.data import dataset
+    from cmseg_jax.train import make_train, seed_key
+
+    config = sweep.config
+    splits, _ = dataset.load_dataset(config)
+    data = {n: dataset.device_layout(s, config.eval.batch_size) for n, s in splits.items()}
+    data["class_weights"] = dataset.class_weights(splits["train"].masks)
+    trainer = make_train(config, num_train=len(splits["train"].labels))
+    seed = sweep.seeds[1]
+    state, _ = jax.jit(trainer.train)(seed_key(config.root_seed, seed), data)
+    swept = jax.tree_util.tree_map(lambda x: x[1], sweep.states.params)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(swept)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
