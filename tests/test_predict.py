@@ -315,5 +315,6 @@ def test_train_from_python_ends_where_the_sweeps_seed_ends(sweep):
     seed = sweep.seeds[1]
     state, _ = jax.jit(trainer.train)(seed_key(config.root_seed, seed), data)
     swept = jax.tree_util.tree_map(lambda x: x[1], sweep.states.params)
-    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(swept)):
+    leaves = jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(swept)
+    for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
