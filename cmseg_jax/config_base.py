@@ -72,6 +72,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Recompute the scanned mixer layers' activations in the backward pass: one more forward pass
     # of them, a twentieth of their activation memory. Off at the small variants.
     config.model.remat = True
+    # With remat: layers per outer remat group (nested remat; must divide model.depth). The
+    # backward pass stores depth / G + G layer inputs instead of depth (9 instead of 20 at
+    # G = 4), for one more forward pass of the mixer layers. 0: every layer's input stored.
+    config.model.remat_group = 4
     # Images per pass of the fused full-resolution decoder block (models/decoder.py): its C_t maps
     # exist for this many images at a time; 0 = plain autodiff of the block.
     config.model.decoder_chunk = 2
@@ -188,6 +192,7 @@ VARIANTS: dict[str, dict] = {
         "model.depth": 1,
         "model.transition": 4,
         "model.remat": False,
+        "model.remat_group": 0,
         "train.epochs": _at_most(2),
         "train.batch_size": 4,
         "eval.batch_size": 8,

@@ -8,7 +8,8 @@ loops run exactly once.
 FLOPs: 2 per multiply-add of every matmul and convolution (the convention of MFU figures);
 elementwise work (GELU, BatchNorm, Adam) is not counted. A training step is the forward pass,
 the input gradients (1× forward) and the weight gradients (1× forward) of every layer, plus the
-recomputation ``model.remat`` adds (the scanned mixer layers once more) and the fused decoder's
+recomputation ``model.remat`` adds (the scanned mixer layers once more; twice with a
+``model.remat_group``) and the fused decoder's
 extra passes (its transposed conv 6× instead of 3×, see ``models/decoder.py``).
 
 Bytes: the traffic to and from memory an ideal implementation cannot avoid, in the compute
@@ -101,6 +102,11 @@ def _fused(config: ml_collections.ConfigDict) -> bool:
     )
 
 
+def _nested(config: ml_collections.ConfigDict) -> bool:
+    """Nested remat of the mixer layers (``model.remat_group``)."""
+    return bool(config.model.remat) and int(config.model.get("remat_group", 0)) > 1
+
+
 def train_step_flops(config: ml_collections.ConfigDict) -> float:
     """Matmul/conv FLOPs of one seed-step (batch ``train.batch_size``)."""
     s = Shapes.of(config)
@@ -112,6 +118,8 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
         # The scanned mixer layers are recomputed; XLA merges the plain decoder block's
         # recomputation with its forward pass (it sits outside any loop).
         total += f["depthwise"] + f["pointwise"]
+        if _nested(config):  # and once more: the groups' forward passes store their layer inputs
+            total += f["depthwise"] + f["pointwise"]
     if _fused(config):
         # Statistics pass + logits pass forward; two recomputations in the backward pass.
         total += 3.0 * f["decoder"] + 2.0 * f["classifier"]
@@ -134,7 +142,7 @@ def train_step_bytes(config: ml_collections.ConfigDict) -> float:
     passes = 3.0  # forward: write once, read about twice
     passes *= 3.0  # + backward, twice the forward
     if config.model.remat:
-        passes += 3.0
+        passes += 3.0 * (2 if _nested(config) else 1)
     activations = passes * written * width * config.train.batch_size
     if _fused(config):
         # Two more passes over the C_t maps (module docstring of models/decoder.py).

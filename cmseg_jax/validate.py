@@ -147,6 +147,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _choice(config, "model.depthwise_impl", DEPTHWISE)
     _choice(config, "model.dtype", DTYPES)
     _int(config, "model.decoder_chunk", 0)
+    _int(config, "model.remat_group", 0)
+    group = config.model.remat_group
+    if config.model.remat and group > 1 and config.model.depth % group:
+        raise _bad("model.remat_group", group, f"must divide model.depth ({config.model.depth})")
     if method.head == "cam_alpha" and config.model.upsample != "transposed":
         raise _bad("model.upsample", config.model.upsample, "cam_alpha needs 'transposed'")
     _real(config, "model.bn_momentum", 0.0, 1.0)

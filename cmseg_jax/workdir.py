@@ -129,6 +129,7 @@ def read_config(workdir: PathLike) -> tuple[ml_collections.ConfigDict, list[int]
 EXECUTION_FIELDS = frozenset(
     {
         "model.remat",
+        "model.remat_group",
         "model.decoder_chunk",
         "train.seed_chunk",
         "train.seed_layout",

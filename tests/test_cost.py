@@ -31,7 +31,7 @@ def _xla_cost(config):
     "spec, model",
     [
         ("configs/cam_beta.py", {"depth": 1, "remat": False, "decoder_chunk": 0}),
-        ("configs/full_ce.py", {"depth": 1, "remat": True, "decoder_chunk": 0}),
+        ("configs/full_ce.py", {"depth": 1, "remat": True, "remat_group": 0, "decoder_chunk": 0}),
         ("configs/ablation_no_gs.py", {"depth": 1, "remat": False, "decoder_chunk": 16}),
     ],
 )
@@ -47,8 +47,14 @@ def test_flops_agree_with_xla_cost_analysis(spec, model):
     "spec, model",
     [
         ("configs/cam_beta.py:cpu", {"depth": 1, "remat": False, "decoder_chunk": 0}),
-        ("configs/cam_beta.py:cpu", {"depth": 1, "remat": True, "decoder_chunk": 16}),
-        ("configs/full_ce.py:cpu", {"depth": 1, "remat": True, "decoder_chunk": 0}),
+        (
+            "configs/cam_beta.py:cpu",
+            {"depth": 1, "remat": True, "remat_group": 0, "decoder_chunk": 16},
+        ),
+        (
+            "configs/full_ce.py:cpu",
+            {"depth": 1, "remat": True, "remat_group": 0, "decoder_chunk": 0},
+        ),
         ("configs/ablation_no_gs_bilinear.py:cpu", {"depth": 1, "remat": False}),
     ],
 )
@@ -69,8 +75,10 @@ def test_thesis_step_flops_by_hand():
     assert f["pointwise"] == 2 * 20 * 74**2 * 256**2
     assert cost.train_step_flops(config) == pytest.approx(1.55e12, rel=0.05)
     # Remat adds a forward pass of the mixer layers; the fused decoder three of its own.
-    config.model.update(remat=True, decoder_chunk=2)
-    assert cost.train_step_flops(config) == pytest.approx(
-        1.55e12 + 16 * (f["depthwise"] + f["pointwise"] + 3 * f["decoder"] + 2 * f["classifier"]),
-        rel=0.05,
-    )
+    config.model.update(remat=True, remat_group=0, decoder_chunk=2)
+    mixers = 16 * (f["depthwise"] + f["pointwise"])
+    fused = 16 * (3 * f["decoder"] + 2 * f["classifier"])
+    assert cost.train_step_flops(config) == pytest.approx(1.55e12 + mixers + fused, rel=0.05)
+    # Nested remat (the thesis config's default) adds a second forward pass of the mixer layers.
+    config.model.update(remat_group=4)
+    assert cost.train_step_flops(config) == pytest.approx(1.55e12 + 2 * mixers + fused, rel=0.05)

@@ -191,6 +191,7 @@ def _assert_trees_close(a, b, rtol, atol):
     "kwargs, alt",
     [
         ({}, {"remat": True}),  # recomputation changes memory, not the function
+        ({"depth": 4}, {"remat": True, "remat_group": 2}),  # nested: the same again
         ({}, {"decoder_chunk": 2}),  # fused, batch-chunked decoder == plain autodiff
         # The same two properties in other corners of the model: in the slow run.
         pytest.param({}, {"decoder_chunk": 4, "remat": True}, marks=pytest.mark.slow),
@@ -200,7 +201,7 @@ def _assert_trees_close(a, b, rtol, atol):
     ],
 )
 def test_remat_and_fused_decoder_compute_the_same_function(kwargs, alt):
-    common = dict(hidden=8, depth=3, transition=6, smoothing_size=5, **kwargs)
+    common = dict(hidden=8, depth=3, transition=6, smoothing_size=5) | kwargs
     plain, other = ConvMixerSeg(**common), ConvMixerSeg(**common, **alt)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 30, 30))
     variables = plain.init(jax.random.PRNGKey(0), x, train=False)

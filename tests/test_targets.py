@@ -208,6 +208,9 @@ def test_a_cheaper_execution_wins_when_it_fits_the_same_chunk(monkeypatch):
     )
     # The config's own execution fits all 4; of the cheaper ones (fewest FLOPs first) only
     # remat on + the plain decoder fits 4 as well, and it wins.
-    assert plan.chunk == 4 and plan.execution == {"model.remat": True, "model.decoder_chunk": 0}
+    want = {"model.remat": True, "model.remat_group": 0, "model.decoder_chunk": 0}
+    assert plan.chunk == 4 and plan.execution == want
     assert seen[-1] == (True, 0)
-    assert "execution model.remat=True, model.decoder_chunk=0" in plan.describe(4)
+    assert (
+        "execution model.remat=True, model.remat_group=0, model.decoder_chunk=0" in plan.describe(4)
+    )

@@ -50,7 +50,6 @@ from cmseg_jax.models.smoothing import gaussian_smooth
 Array = jnp.ndarray
 
 
-
 def gelu(x: Array) -> Array:
     # PyTorch's nn.GELU default is the exact (erf) form: jax.nn.gelu(approximate=False)'s values,
     # with a derivative that recomputes no erfc (cmseg_jax.models.activations).
@@ -147,6 +146,49 @@ class MixerLayer(nn.Module):
         return (y + z if self.pointwise_residual else z), None
 
 
+_LAYER_AXES = dict(variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True})
+
+
+class _MixerGroup(nn.Module):
+    """``group`` mixer layers as one scan body, each layer rematerialised: the outer level of the
+    nested remat of :class:`ConvMixerSeg` (``remat_group``)."""
+
+    group: int
+    layer: tuple
+
+    @nn.compact
+    def __call__(self, y: Array, _=None) -> tuple[Array, None]:
+        layers = nn.scan(nn.remat(MixerLayer, prevent_cse=False), length=self.group, **_LAYER_AXES)
+        y, _ = layers(*self.layer, name="layers")(y, None)
+        return y, None
+
+
+def _grouped(depth: int, group: int):
+    """(flat -> grouped, grouped -> flat) views of the mixer's variables: the stored (depth, ...)
+    stacks as (depth / group, group, ...) under ``layers``, and back."""
+
+    def split(variables):
+        return {
+            col: {
+                "layers": jax.tree_util.tree_map(
+                    lambda a: a.reshape(depth // group, group, *a.shape[1:]), tree
+                )
+            }
+            if tree
+            else tree
+            for col, tree in variables.items()
+        }
+
+    def merge(variables):
+        return {
+            col: jax.tree_util.tree_map(lambda a: a.reshape(depth, *a.shape[2:]), tree["layers"])
+            if tree
+            else tree
+            for col, tree in variables.items()
+        }
+
+    return split, merge
+
 
 class ConvMixerSeg(nn.Module):
     """ConvMixerSeg segmentation network with a CAM_β (default) or CAM_α head.
@@ -155,6 +197,10 @@ class ConvMixerSeg(nn.Module):
     (``params['mixer']['dw']['kernel']`` is (depth, k, k, h)): the program holds one layer, which
     keeps compiles short at depth 20, and with ``remat`` the backward pass stores only each layer's
     input (B, P/p, P/p, h) and recomputes the rest, instead of about 13 such tensors per layer.
+    ``remat_group`` G > 1 nests it: the backward pass stores the input of every G-th layer, and
+    recomputes a group's G layer inputs when it reaches the group (depth / G + G stored tensors
+    instead of depth: 9 instead of 20 at depth 20, G = 4, for one more forward pass of the mixer
+    layers). The parameters keep their flat (depth, ...) stacks: the grouping is a view of them.
     ``remat`` also recomputes the full-resolution decoder block (transposed conv, GELU, BN over the
     C_t maps) in the backward pass rather than keeping its C_t-channel activations. Remat changes
     memory and FLOPs, not the function (tested).
@@ -177,6 +223,8 @@ class ConvMixerSeg(nn.Module):
       dtype: computation dtype of activations and matmuls (float32 or bfloat16). Parameters,
         BatchNorm statistics, the Gaussian smoothing and the returned maps and scores are float32.
       remat: recompute activations in the backward pass (mixer layers and decoder block).
+      remat_group: with ``remat``, layers per outer remat group (nested remat); 0 or 1: one
+        level, every layer's input stored. Must divide ``depth``.
       decoder_chunk: images per pass of the fused full-resolution decoder block ('seg' head; see
         :mod:`cmseg_jax.models.decoder`); 0 = plain autodiff of the block.
     """
@@ -196,6 +244,7 @@ class ConvMixerSeg(nn.Module):
     depthwise_impl: str = "auto"
     dtype: Any = jnp.float32
     remat: bool = False
+    remat_group: int = 0
     decoder_chunk: int = 0
 
     @nn.compact
@@ -237,14 +286,7 @@ class ConvMixerSeg(nn.Module):
 
         y = norm("embed_bn")(gelu(PatchEmbed(self.hidden, p, name="embed")(x)))
         if self.depth > 0:
-            layer = nn.remat(MixerLayer, prevent_cse=False) if self.remat else MixerLayer
-            mixers = nn.scan(
-                layer,
-                variable_axes={"params": 0, "batch_stats": 0},
-                split_rngs={"params": True},
-                length=self.depth,
-            )
-            y, _ = mixers(
+            layer_args = (
                 self.hidden,
                 self.kernel_size,
                 self.pointwise_residual,
@@ -252,8 +294,29 @@ class ConvMixerSeg(nn.Module):
                 self.depthwise_impl,
                 self.dtype,
                 train,
-                name="mixer",
-            )(y, None)
+            )
+            group = self.remat_group if self.remat else 0
+            if group > 1 and self.depth % group:
+                raise ValueError(
+                    f"model.remat_group ({group}) must divide model.depth ({self.depth})"
+                )
+            if group > 1 and not self.is_initializing():
+                # Initialisation takes the flat scan below, so the parameters (and their random
+                # draws) are those of any other remat setting.
+                split, merge = _grouped(self.depth, group)
+                groups = nn.scan(
+                    nn.remat(_MixerGroup, prevent_cse=False),
+                    length=self.depth // group,
+                    **_LAYER_AXES,
+                )
+                mixers = nn.map_variables(
+                    groups, ["params", "batch_stats"], split, merge, mutable=True
+                )
+                y, _ = mixers(group, layer_args, name="mixer")(y, None)
+            else:
+                layer = nn.remat(MixerLayer, prevent_cse=False) if self.remat else MixerLayer
+                mixers = nn.scan(layer, length=self.depth, **_LAYER_AXES)
+                y, _ = mixers(*layer_args, name="mixer")(y, None)
 
         def crop(t):
             return t[:, pad_h // 2 : pad_h // 2 + size_h, pad_w // 2 : pad_w // 2 + size_w]
@@ -372,7 +435,6 @@ class Decoder(nn.Module):
             ra_mean.value = m * ra_mean.value + (1.0 - m) * lax.stop_gradient(mean)
             ra_var.value = m * ra_var.value + (1.0 - m) * unbiased(lax.stop_gradient(var), count)
         return logits
-
 
 
 _LEGACY_MIXER = re.compile(r"mixer(\d+)_(dw|dw_bn|pw|pw_bn)$")

@@ -73,6 +73,7 @@ def convmixerseg_fields(
         depthwise_impl=m.depthwise_impl,
         dtype=jnp.dtype(m.dtype),
         remat=bool(m.remat),
+        remat_group=int(m.get("remat_group", 0)),  # absent from configs written before it
         decoder_chunk=int(m.decoder_chunk),
     )
 
@@ -103,7 +104,7 @@ CONVMIXERSEG = Model(
     heads=("seg", "cam_alpha"),
     smoothing=True,
     analytic_cost=True,
-    executions=("model.remat", "model.decoder_chunk"),
+    executions=("model.remat", "model.remat_group", "model.decoder_chunk"),
 )
 FCN_RESNET50 = Model(
     name="fcn_resnet50",

@@ -257,7 +257,8 @@ class Plan:
       data_bytes: per-device bytes of the resident data.
       budget: per-device bytes planned for, and ``budget_source`` where that figure comes from.
       compiler: whose memory analysis it is (the device kind and the compiler).
-      execution: the model fields the plan set (``model.remat``, ``model.decoder_chunk``) where
+      execution: the model fields the plan set (``model.remat``, ``model.remat_group``,
+        ``model.decoder_chunk``) where
         a cheaper execution fits the same chunk; empty when the config's own is kept.
       reason: why this width (the roofline floor of a chunk on the target).
       measured: {seeds per chunk: compiled bytes per device (inf: refused)} of every chunk the
@@ -308,9 +309,14 @@ def _executions(config: ml_collections.ConfigDict) -> list[dict]:
         return []
     own = cost.train_step_flops(config)
     out = []
-    for remat in (False, True):
+    own_group = int(config.model.get("remat_group", 0))
+    for remat, group in ((False, own_group), (True, 0), (True, own_group)):
         for chunk in (0, int(config.model.decoder_chunk)):
-            change = {"model.remat": remat, "model.decoder_chunk": chunk}
+            change = {
+                "model.remat": remat,
+                "model.remat_group": group,
+                "model.decoder_chunk": chunk,
+            }
             flops = cost.train_step_flops(with_fields(config, change))
             if flops < own:  # the config's own execution costs exactly ``own``
                 out.append((flops, change))
@@ -320,8 +326,8 @@ def _executions(config: ml_collections.ConfigDict) -> list[dict]:
 def _refusal(where: str, detail: str) -> errors.UsageError:
     return errors.UsageError(
         f"{where}: {detail}; try --config.model.dtype=bfloat16, --config.model.decoder_chunk=1, "
-        "--config.model.remat=true, a smaller --config.train.batch_size or "
-        "--config.train.seed_chunk"
+        "--config.model.remat=true, --config.model.remat_group=4, a smaller "
+        "--config.train.batch_size or --config.train.seed_chunk"
     )
 
 
@@ -346,7 +352,8 @@ def plan_layout(
     planned with no explicit budget and 'vmap' otherwise.
 
     On an accelerator, with ``make_trainer`` and ``train.plan_execution``, a cheaper execution
-    (``model.remat`` off, ``model.decoder_chunk = 0``: fewer FLOPs per seed-step, same function)
+    (``model.remat`` off or one level, ``model.decoder_chunk = 0``: fewer FLOPs per seed-step,
+    the same function)
     replaces the config's own when it fits the same chunk: memory is the gate, FLOPs decide.
 
     A chunk fixed without measuring (explicit, or 'map') is compiled for its memory only with
