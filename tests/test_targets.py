@@ -214,3 +214,20 @@ def test_a_cheaper_execution_wins_when_it_fits_the_same_chunk(monkeypatch):
     assert (
         "execution model.remat=True, model.remat_group=0, model.decoder_chunk=0" in plan.describe(4)
     )
+
+
+def test_a_tpu_program_is_sized_by_its_own_peak():
+    """XLA:TPU's temporaries are never all live at once: its peak is the footprint there."""
+
+    class Mem:
+        argument_size_in_bytes = 10
+        output_size_in_bytes = 10
+        alias_size_in_bytes = 10
+        temp_size_in_bytes = 100
+        peak_memory_in_bytes = 60
+
+    assert planning._footprint(Mem(), "tpu") == 60
+    assert planning._footprint(Mem(), "gpu") == 110
+    assert planning._footprint(Mem(), "cpu") == 110
+    Mem.peak_memory_in_bytes = 0  # not reported: the sum
+    assert planning._footprint(Mem(), "tpu") == 110
