@@ -231,3 +231,12 @@ def test_a_tpu_program_is_sized_by_its_own_peak():
     assert planning._footprint(Mem(), "cpu") == 110
     Mem.peak_memory_in_bytes = 0  # not reported: the sum
     assert planning._footprint(Mem(), "tpu") == 110
+
+
+def test_the_widest_chunk_gives_way_to_one_that_pads_less():
+    options = planning.balanced_chunks(48)
+    fitting = [c for c in options if c <= 10]
+    assert planning.least_padding(fitting, 48) == 8  # 6 × 8 = 48, not 5 × 10 = 50
+    assert planning.least_padding([c for c in options if c <= 24], 48) == 24
+    # 47 seeds that fit 10: one padded seed (6 × 8), never 47 chunks of one.
+    assert planning.least_padding([c for c in planning.balanced_chunks(47) if c <= 10], 47) == 8

@@ -242,6 +242,15 @@ def balanced_chunks(local: int) -> list[int]:
     return sorted({-(-local // k) for k in range(1, local + 1)})
 
 
+def least_padding(fitting: list[int], local: int) -> int:
+    """Of the chunk sizes that fit (ascending, the widest last), the one that pads ``local`` seeds
+    least, from half the widest up (ties: the wider): 48 seeds that fit 10 run as 6 × 8, not
+    5 × 10 padded to 50, and a prime count is not pushed down to one seed per chunk."""
+    widest = fitting[-1]
+    near = [c for c in fitting if 2 * c >= widest]
+    return min(near, key=lambda c: (-(-local // c) * c, -c))
+
+
 def roofline(config: ml_collections.ConfigDict, target: targets.Target | None, chunk: int) -> str:
     """The floor of one chunk-step on ``target`` from datasheet peaks (not a measured time)."""
     if target is None or not registry.of(config).analytic_cost:
@@ -431,7 +440,7 @@ def plan_layout(
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if fits(options[mid]) else (lo, mid)
-            chunk = options[lo]
+            chunk = least_padding(options[: lo + 1], local)
     if chunk and (measure_fixed or mode == "vmap"):
         layout, padded, program = measure(chunk)
     else:
