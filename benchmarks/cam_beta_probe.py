@@ -429,7 +429,7 @@ def maxima_report(sweep_, slices: dict, band_px: int, split: str = "test") -> di
     body = body_masks(tissue)
     regions = region_map(masks, body, band_px)
     area = np.bincount(regions.ravel(), minlength=len(REGIONS)) / regions.size
-    patch = int(sweep_.config.model.patch_size)
+    patch = int(sweep_.config.model.convmixerseg.patch_size)
     per_seed = []
     for row, seed in enumerate(sweep_.seeds):
         state = jax.tree_util.tree_map(lambda x, r=row: x[r], sweep_.states)
@@ -596,11 +596,11 @@ def probe(config, workdir, num_seeds: int, window_volumes: int) -> dict:
         "config": {
             "name": config.name,
             "image_size": size,
-            "hidden": int(config.model.hidden),
-            "depth": int(config.model.depth),
-            "transition": int(config.model.transition),
-            "patch_size": int(config.model.patch_size),
-            "kernel_size": int(config.model.kernel_size),
+            "hidden": int(config.model.convmixerseg.hidden),
+            "depth": int(config.model.convmixerseg.depth),
+            "transition": int(config.model.convmixerseg.transition),
+            "patch_size": int(config.model.convmixerseg.patch_size),
+            "kernel_size": int(config.model.convmixerseg.kernel_size),
             "smoothing": bool(config.model.smoothing),
             "smoothing_sigma": sigma,
             "smoothing_size": taps,

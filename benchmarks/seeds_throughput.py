@@ -43,7 +43,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cmseg_jax import cost  # noqa: E402
-from cmseg_jax.config_base import load_config_file  # noqa: E402
+from cmseg_jax.config_base import apply_variant, load_config_file  # noqa: E402
 from cmseg_jax.data import dataset  # noqa: E402
 from cmseg_jax.sweep import over_seeds, plan_layout  # noqa: E402
 from cmseg_jax.train import make_train, seed_key  # noqa: E402
@@ -274,7 +274,9 @@ def main() -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], help="config overrides, e.g. model.dtype=bfloat16"
     )
-    parser.add_argument("--depthwise", default=None, help="override model.depthwise_impl")
+    parser.add_argument(
+        "--depthwise", default=None, help="override model.convmixerseg.depthwise_impl"
+    )
     parser.add_argument("--out", default=None, help="result JSON (default results/<device>.json)")
     parser.add_argument("--render_only", action="store_true", help="only rewrite the README")
     args = parser.parse_args()
@@ -284,13 +286,10 @@ def main() -> None:
         return
 
     config = load_config_file(args.config, ROOT)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, field = key.split(".")
-        old = config[section][field]
-        config[section][field] = value == "true" if isinstance(old, bool) else type(old)(value)
+    for item in args.set:  # dotted field=value, typed as the field (the config variant syntax)
+        apply_variant(config, item)
     if args.depthwise:
-        config.model.depthwise_impl = args.depthwise
+        config.model.convmixerseg.depthwise_impl = args.depthwise
     size, batch = config.data.image_size, config.train.batch_size
     num_train = batch * args.steps
     split, weights = random_split(config, num_train)
@@ -371,18 +370,18 @@ def main() -> None:
         "jax": jax.__version__,
         "date": datetime.date.today().isoformat(),
         "config": args.config,
-        "depthwise_impl": config.model.depthwise_impl
+        "depthwise_impl": config.model.convmixerseg.depthwise_impl
         + (
             f" ({'shift' if device.platform == 'cpu' else 'conv'})"
-            if config.model.depthwise_impl == "auto"
+            if config.model.convmixerseg.depthwise_impl == "auto"
             else ""
         ),
         "image_size": size,
         "batch_size": batch,
         "arch": config.model.arch,
-        "fcn_width": config.model.fcn_width,
-        "hidden": config.model.hidden,
-        "depth": config.model.depth,
+        "fcn_width": config.model.fcn_resnet50.width,
+        "hidden": config.model.convmixerseg.hidden,
+        "depth": config.model.convmixerseg.depth,
         "steps_per_call": args.steps,
         "repeats": args.repeats,
         "unit": "seed-steps/s (median of repeats)",

@@ -8,7 +8,8 @@ comma-separated list applied left to right; each item is a variant name or ``fie
 Variants (:data:`VARIANTS`):
   ``thesis`` (or nothing) thesis settings: 512×512, h = 256, depth 20, C_t = 100, σ = 7, 50 taps.
   ``cpu``  a CPU-friendly size for the quickstart (128×128, h = 64, depth 4, at most 4 epochs;
-           minutes on 2 cores; FCN-ResNet-50 at a quarter of its width, 16).
+           minutes on 2 cores; FCN-ResNet-50 at a quarter of its width, 16). Each network's
+           sizes come from its record (``models/registry.py``).
   ``tiny`` seconds on a CPU, for tests (32×32, h = 8, depth 1; FCN-ResNet-50 width 8).
 
 Choices the thesis leaves open (stated here so they are visible in every resolved config):
@@ -33,8 +34,9 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from cmseg_jax.models import registry
 from cmseg_jax.models.heads import DEFAULT_POOLING, POOLINGS
-from cmseg_jax.models.smoothing import scaled_smoothing
+from cmseg_jax.models.registry import smoothing  # noqa: F401  (σ and K of the Gaussian)
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -48,39 +50,28 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_seeds = 8
 
     config.model = ml_collections.ConfigDict()
-    # convmixerseg | fcn_resnet50 (the thesis' baseline, models/fcn_resnet.py; of the fields
-    # below it uses num_classes, fcn_width, bn_momentum, dtype and remat).
+    # convmixerseg | fcn_resnet50 (the thesis' baseline): cmseg_jax/models/registry.py MODELS.
+    # Each network's own fields are in its sub-dict, config.model.<arch> (below); the fields
+    # here are shared by every network.
     config.model.arch = "convmixerseg"
     config.model.num_classes = 2
-    config.model.hidden = 256
-    config.model.depth = 20
-    config.model.patch_size = 7
-    config.model.kernel_size = 9
-    config.model.transition = 100
-    config.model.upsample = "transposed"
-    config.model.pointwise_residual = True
+    # The fixed Gaussian on the class maps (networks whose record says so: ConvMixerSeg).
     config.model.smoothing = True
     # Unset = derived from data.image_size where the model is built (module docstring).
     config.model.smoothing_sigma = config_dict.placeholder(float)
     config.model.smoothing_size = config_dict.placeholder(int)
     config.model.bn_momentum = 0.9
-    # auto | conv | shift: how the depthwise conv is computed (models/depthwise.py)
-    config.model.depthwise_impl = "auto"
     # Computation dtype of activations and matmuls: float32 | bfloat16 (parameters, Adam state,
     # BatchNorm statistics, the Gaussian, losses and metrics stay float32).
     config.model.dtype = "float32"
-    # Recompute the scanned mixer layers' activations in the backward pass: one more forward pass
-    # of them, a twentieth of their activation memory. Off at the small variants.
+    # Recompute the activations of the network's repeated blocks in the backward pass (the
+    # scanned mixer layers of ConvMixerSeg: one more forward pass of them, a twentieth of their
+    # activation memory). Off at the small variants.
     config.model.remat = True
-    # With remat: layers per outer remat group (nested remat; must divide model.depth). The
-    # backward pass stores depth / G + G layer inputs instead of depth (9 instead of 20 at
-    # G = 4), for one more forward pass of the mixer layers. 0: every layer's input stored.
-    config.model.remat_group = 4
-    # Images per pass of the fused full-resolution decoder block (models/decoder.py): its C_t maps
-    # exist for this many images at a time; 0 = plain autodiff of the block.
-    config.model.decoder_chunk = 2
-    # FCN-ResNet-50's stem width (64 = torchvision's ResNet-50; stages have 1, 2, 4, 8 × it).
-    config.model.fcn_width = 64
+    # Each network's own fields at the thesis size (config.model.convmixerseg.hidden, …,
+    # config.model.fcn_resnet50.width): the defaults of its record, commented there.
+    for model in registry.MODELS.values():
+        config.model[model.name] = ml_collections.ConfigDict(dict(model.defaults))
 
     config.cam = ml_collections.ConfigDict()
     config.cam.threshold = 0.5
@@ -138,8 +129,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # --dry_run the sweep's step is compiled by that device's own compiler, deviceless (the
     # 'tpu' / 'aot-gpu' extras); a real run checks that it runs on that device.
     config.train.target = ""
-    # On an accelerator the plan may run a cheaper execution than model.remat /
-    # model.decoder_chunk say (fewer FLOPs, the same function) when it fits the same seed chunk.
+    # On an accelerator the plan may run a cheaper execution than model.remat and the network's
+    # execution fields say (model.convmixerseg.remat_group / decoder_chunk: fewer FLOPs, the same
+    # function) when it fits the same seed chunk.
     config.train.plan_execution = True
     # JAX's persistent compilation cache in <cache root>/xla ($CMSEG_CACHE or
     # ~/.cache/cmseg_jax): a second start of the same sweep skips XLA's compiles.
@@ -174,11 +166,7 @@ VARIANTS: dict[str, dict] = {
         "data.phantom_shape": (128, 128, 48),
         "data.liver_slices": 8,
         "data.background_slices": 8,
-        "model.hidden": 64,
-        "model.depth": 4,
-        "model.transition": 16,
         "model.remat": False,
-        "model.decoder_chunk": 16,  # the whole batch: fastest on a CPU
         "train.batch_size": 16,
         "eval.batch_size": 64,
     },
@@ -188,11 +176,7 @@ VARIANTS: dict[str, dict] = {
         "data.phantom_shape": (64, 64, 24),
         "data.liver_slices": 2,
         "data.background_slices": 2,
-        "model.hidden": 8,
-        "model.depth": 1,
-        "model.transition": 4,
         "model.remat": False,
-        "model.remat_group": 0,
         "train.epochs": _at_most(2),
         "train.batch_size": 4,
         "eval.batch_size": 8,
@@ -203,9 +187,11 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-# FCN-ResNet-50's width per variant. Set only on FCN configs, so that a ConvMixerSeg workdir written
-# before the field existed still resumes (the sweep accepts new fields at their defaults).
-FCN_WIDTH = {"cpu": 16, "tiny": 8}
+# Each network's sizes per variant, from its record (ConvMixerSeg h = 64, depth 4 at ``cpu``;
+# FCN-ResNet-50 width 16 at ``cpu``, 8 at ``tiny``).
+for _model in registry.MODELS.values():
+    for _variant, _fields in _model.sizes.items():
+        VARIANTS[_variant].update({_model.field(k): v for k, v in _fields.items()})
 
 
 def _split_items(arg: str) -> list[str]:
@@ -277,24 +263,12 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         elif item in VARIANTS:
             for name, value in VARIANTS[item].items():
                 _set(config, name, value)
-            if config.model.arch == "fcn_resnet50" and item in FCN_WIDTH:
-                config.model.fcn_width = FCN_WIDTH[item]
         else:
             raise ValueError(
                 f"unknown config variant {item!r}; expected one of: {', '.join(VARIANTS)} "
                 "or field=value"
             )
     return config
-
-
-def smoothing(config: ml_collections.ConfigDict) -> tuple[float, int]:
-    """(σ, K) of the Gaussian: the config's values, or derived from ``data.image_size``."""
-    sigma, size = scaled_smoothing(config.data.image_size)
-    m = config.model
-    return (
-        float(sigma if m.smoothing_sigma is None else m.smoothing_sigma),
-        int(size if m.smoothing_size is None else m.smoothing_size),
-    )
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ FLOPs: 2 per multiply-add of every matmul and convolution (the convention of MFU
 elementwise work (GELU, BatchNorm, Adam) is not counted. A training step is the forward pass,
 the input gradients (1× forward) and the weight gradients (1× forward) of every layer, plus the
 recomputation ``model.remat`` adds (the scanned mixer layers once more; twice with a
-``model.remat_group``) and the fused decoder's
+``model.convmixerseg.remat_group``) and the fused decoder's
 extra passes (its transposed conv 6× instead of 3×, see ``models/decoder.py``).
 
 Bytes: the traffic to and from memory an ideal implementation cannot avoid, in the compute
@@ -96,15 +96,15 @@ def _fused(config: ml_collections.ConfigDict) -> bool:
     """The fused decoder recomputes its C_t maps; with one chunk per batch its passes are
     one-trip loops, which XLA unrolls and merges into the plain count."""
     return (
-        0 < config.model.decoder_chunk < config.train.batch_size
+        0 < config.model.convmixerseg.decoder_chunk < config.train.batch_size
         and methods.of(config).head == "seg"
-        and config.model.upsample != "bilinear"
+        and config.model.convmixerseg.upsample != "bilinear"
     )
 
 
 def _nested(config: ml_collections.ConfigDict) -> bool:
-    """Nested remat of the mixer layers (``model.remat_group``)."""
-    return bool(config.model.remat) and int(config.model.get("remat_group", 0)) > 1
+    """Nested remat of the mixer layers (``model.convmixerseg.remat_group``)."""
+    return bool(config.model.remat) and int(config.model.convmixerseg.remat_group) > 1
 
 
 def train_step_flops(config: ml_collections.ConfigDict) -> float:

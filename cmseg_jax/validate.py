@@ -21,8 +21,6 @@ from cmseg_jax.errors import UsageError
 from cmseg_jax.models import registry
 from cmseg_jax.models.heads import DEFAULT_POOLING, POOLINGS
 
-UPSAMPLE = ("transposed", "bilinear")
-DEPTHWISE = ("auto", "conv", "shift")
 DTYPES = ("float32", "bfloat16")
 SEED_LAYOUTS = ("auto", "vmap", "map")
 
@@ -134,25 +132,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     method = methods.get(_choice(config, "method", tuple(methods.METHODS)))
     _int(config, "root_seed", 0)
     model = registry.get(_get(config, "model.arch"))
-    model.check(config)
     if method.head not in model.heads:
         raise _bad("method", config.method, f"{model.name} has no {method.head} head")
     if config.model.smoothing and not model.smoothing:
         raise _bad("model.smoothing", True, f"{model.name} has no Gaussian smoothing")
-    for field in ("hidden", "depth", "patch_size", "kernel_size", "transition", "num_classes"):
-        _int(config, f"model.{field}", 1)
+    _int(config, "model.num_classes", 1)
     if config.model.num_classes != 2:
         raise _bad("model.num_classes", config.model.num_classes, "must be 2 (liver, background)")
-    _choice(config, "model.upsample", UPSAMPLE)
-    _choice(config, "model.depthwise_impl", DEPTHWISE)
     _choice(config, "model.dtype", DTYPES)
-    _int(config, "model.decoder_chunk", 0)
-    _int(config, "model.remat_group", 0)
-    group = config.model.remat_group
-    if config.model.remat and group > 1 and config.model.depth % group:
-        raise _bad("model.remat_group", group, f"must divide model.depth ({config.model.depth})")
-    if method.head == "cam_alpha" and config.model.upsample != "transposed":
-        raise _bad("model.upsample", config.model.upsample, "cam_alpha needs 'transposed'")
+    for field, low in model.ints.items():
+        _int(config, model.field(field), low)
+    for field, options in model.choices.items():
+        _choice(config, model.field(field), options)
+    model.check(config, method.head)
     _real(config, "model.bn_momentum", 0.0, 1.0)
     if config.model.smoothing and config.model.smoothing_sigma is not None:
         _real(config, "model.smoothing_sigma", 0.0, open_low=True)

@@ -27,8 +27,9 @@ import ml_collections
 import numpy as np
 
 from cmseg_jax import errors, io_utils, metrics, variants
-from cmseg_jax.config_base import get_base_config
+from cmseg_jax.config_base import get_base_config, point_name
 from cmseg_jax.data.dataset import SPLITS
+from cmseg_jax.models import registry
 from cmseg_jax.results import RESULT_METRICS, ensemble_table
 
 CONFIG = "config.json"
@@ -92,8 +93,14 @@ def ensemble_stats_name(variant: str = "default") -> str:
 
 
 def config_record(config: ml_collections.ConfigDict, seeds: Sequence[int]) -> dict:
-    """The JSON object of ``config.json``: the resolved config plus ``seeds``."""
+    """The JSON object of ``config.json``: the resolved config plus ``seeds``. Of the networks'
+    sub-dicts (``config.model.<arch>``) only the run's own is kept: the others do not describe
+    the run."""
     record = json.loads(config.to_json())
+    arch = registry.of(config).name
+    for name in registry.MODELS:
+        if name != arch:
+            record["model"].pop(name, None)
     record["seeds"] = [int(s) for s in seeds]
     return record
 
@@ -107,7 +114,9 @@ def write_config(
 
 
 def read_config(workdir: PathLike) -> tuple[ml_collections.ConfigDict, list[int]]:
-    """The resolved config and the seed list of a sweep's ``config.json``.
+    """The resolved config and the seed list of a sweep's ``config.json``; one written before the
+    networks' fields moved into their sub-dicts comes back in today's form
+    (:func:`cmseg_jax.models.registry.upgrade`).
 
     Raises:
         FileNotFoundError: there is no ``config.json``.
@@ -117,7 +126,7 @@ def read_config(workdir: PathLike) -> tuple[ml_collections.ConfigDict, list[int]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {workdir} a sweep workdir?")
     try:
-        record = json.loads(path.read_text())
+        record = registry.upgrade(json.loads(path.read_text()))
         seeds = [int(s) for s in record.pop("seeds")]
         return ml_collections.ConfigDict(record), seeds
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -128,9 +137,7 @@ def read_config(workdir: PathLike) -> tuple[ml_collections.ConfigDict, list[int]
 # caching), not what it computes: a workdir may be resumed with other values.
 EXECUTION_FIELDS = frozenset(
     {
-        "model.remat",
-        "model.remat_group",
-        "model.decoder_chunk",
+        *(field for model in registry.MODELS.values() for field in model.executions),
         "train.seed_chunk",
         "train.seed_layout",
         "train.memory_budget_gb",
@@ -374,6 +381,20 @@ GRID_RESULTS = "grid_results.csv"
 # A grid sweep: one workdir per grid point, one per program of untraced values.
 GRID_DIR = "grid"
 PROGRAMS_DIR = "programs"
+
+
+def point_dir(parent: PathLike, point: dict) -> pathlib.Path:
+    """The directory of grid point (or program) ``point`` under ``parent``:
+    ``parent/<config_base.point_name(point)>``, or the one a workdir written before the networks'
+    sub-dicts named with a field's flat name (``model.hidden=4``) where only that one exists."""
+    parent = pathlib.Path(parent)
+    path = parent / point_name(point)
+    if not path.exists():
+        old = {new: old for old, new in registry.legacy_fields().items()}
+        legacy = parent / point_name({old.get(f, f): v for f, v in point.items()})
+        if legacy.is_dir():
+            return legacy
+    return path
 
 
 def write_grid_results(

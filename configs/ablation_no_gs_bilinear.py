@@ -8,5 +8,5 @@ def get_config(arg=None):
     config.name = "ablation_no_gs_bilinear"
     config.method = "cam_beta"
     config.model.smoothing = False
-    config.model.upsample = "bilinear"
+    config.model.convmixerseg.upsample = "bilinear"
     return apply_variant(config, arg)

@@ -7,5 +7,5 @@ def get_config(arg=None):
     config = get_base_config()
     config.name = "ablation_no_res"
     config.method = "cam_beta"
-    config.model.pointwise_residual = False
+    config.model.convmixerseg.pointwise_residual = False
     return apply_variant(config, arg)

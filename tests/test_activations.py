@@ -145,7 +145,7 @@ def _tiny_loss_and_grads(config):
     return loss_and_grads(variables["params"], variables["batch_stats"])
 
 
-@pytest.mark.parametrize("variant", ["tiny", "tiny,model.decoder_chunk=0"])
+@pytest.mark.parametrize("variant", ["tiny", "tiny,model.convmixerseg.decoder_chunk=0"])
 def test_convmixerseg_loss_and_gradients_match_the_erfc_autodiff_form(variant, monkeypatch):
     # decoder_chunk > 0 (tiny's default) is the fused decoder, 0 its plain autodiff.
     config = load_config(f"configs/cam_beta.py:{variant}")

@@ -31,14 +31,17 @@ def _differences(spec: str, baseline: str = "configs/cam_beta.py:tiny") -> dict:
     return {k: b[k] for k in a if a[k] != b[k]}
 
 
+CAM, HIDDEN = "configs/cam_beta.py", "model.convmixerseg.hidden"
+
+
 def test_variants_compose_left_to_right():
     config = load_config("configs/cam_beta.py:cpu,train.epochs=15,data.fractions=(0.5,0.25,0.25)")
-    assert config.data.image_size == 128 and config.model.hidden == 64
+    assert config.data.image_size == 128 and config.model.convmixerseg.hidden == 64
     assert config.train.epochs == 15
     assert config.data.fractions == (0.5, 0.25, 0.25)
     # A later item wins over an earlier one, a variant included.
-    assert load_config("configs/cam_beta.py:model.hidden=12,tiny").model.hidden == 8
-    assert load_config("configs/cam_beta.py:tiny,model.hidden=12").model.hidden == 12
+    assert load_config(f"{CAM}:{HIDDEN}=12,tiny").model.convmixerseg.hidden == 8
+    assert load_config(f"{CAM}:tiny,{HIDDEN}=12").model.convmixerseg.hidden == 12
     assert load_config("configs/cam_beta.py:tiny,model.remat=true").model.remat is True
     assert load_config("configs/cam_beta.py:thesis") == load_config("configs/cam_beta.py")
 
@@ -47,8 +50,11 @@ def test_variants_compose_left_to_right():
     "arg, message",
     [
         ("huge", "unknown config variant 'huge'; expected one of: thesis, cpu, tiny"),
-        ("tiny,model.hiden=3", "config variant item 'model.hiden': no such field"),
-        ("model.hidden=wide", "config variant item model.hidden=wide: expected a int"),
+        (
+            "tiny,model.convmixerseg.hiden=3",
+            "config variant item 'model.convmixerseg.hiden': no such field",
+        ),
+        (f"{HIDDEN}=wide", f"config variant item {HIDDEN}=wide: expected a int"),
     ],
 )
 def test_bad_variant_items_are_one_line_errors(arg, message):
@@ -77,9 +83,9 @@ def test_smoothing_follows_the_image_size_unless_set():
         ("configs/ablation_no_gs.py:tiny", {"model.smoothing": False}),
         (
             "configs/ablation_no_gs_bilinear.py:tiny",
-            {"model.smoothing": False, "model.upsample": "bilinear"},
+            {"model.smoothing": False, "model.convmixerseg.upsample": "bilinear"},
         ),
-        ("configs/ablation_no_res.py:tiny", {"model.pointwise_residual": False}),
+        ("configs/ablation_no_res.py:tiny", {"model.convmixerseg.pointwise_residual": False}),
         ("configs/ablation_no_aug.py:tiny", {"train.gamma_augment": False}),
     ],
 )

@@ -67,7 +67,7 @@ def test_a_grid_point_trains_as_its_own_config(data, field, values):
 def test_untraced_grid_fields_are_refused():
     config = load_config("configs/cam_beta.py:tiny")
     with pytest.raises(ValueError, match="not traced"):
-        make_train(config, num_train=8, traced=("model.hidden",))
+        make_train(config, num_train=8, traced=("model.convmixerseg.hidden",))
 
 
 def _sweep(cli_env, *args):
@@ -149,26 +149,28 @@ def test_an_untraced_grid_field_compiles_one_program_per_value(tmp_path, cli_env
     _sweep(
         cli_env,
         "--config=configs/grids/sigma_study.py:tiny",
-        "--config.sweep.grid=model.hidden=4,8; train.learning_rate=0.01,0.003",
+        "--config.sweep.grid=model.convmixerseg.hidden=4,8; train.learning_rate=0.01,0.003",
         "--config.train.epochs=1",
         "--config.eval.without_smoothing=false",
         "--seeds=0",
         f"--workdir={workdir}",
     )
     assert sorted(p.name for p in (workdir / "programs").iterdir()) == [
-        "model.hidden=4",
-        "model.hidden=8",
+        "model.convmixerseg.hidden=4",
+        "model.convmixerseg.hidden=8",
     ]
     points = sorted(p.name for p in (workdir / "grid").iterdir())
     assert points == sorted(
-        f"model.hidden={h},train.learning_rate={lr}" for h in (4, 8) for lr in (0.01, 0.003)
+        f"model.convmixerseg.hidden={h},train.learning_rate={lr}"
+        for h in (4, 8)
+        for lr in (0.01, 0.003)
     )
     rows = workdir_io.read_grid_results(workdir)
-    assert {(r["model.hidden"], r["train.learning_rate"]) for r in rows} == {
+    assert {(r["model.convmixerseg.hidden"], r["train.learning_rate"]) for r in rows} == {
         (h, lr) for h in (4.0, 8.0) for lr in (0.01, 0.003)
     }
     config, _ = workdir_io.read_config(workdir / "grid" / points[0])
-    assert config.model.hidden == 4 and config.train.learning_rate == 0.003
+    assert config.model.convmixerseg.hidden == 4 and config.train.learning_rate == 0.003
     assert "sweep" not in config
 
 
@@ -176,9 +178,12 @@ def test_an_untraced_grid_field_compiles_one_program_per_value(tmp_path, cli_env
     "spec, message",
     [
         ("model.hiden=1,2", "sweep.grid: 'model.hiden': no such field"),
-        ("model.hidden=4,four", "expected a int"),
-        ("model.hidden=4,4", "sweep.grid: model.hidden repeats a value"),
-        ("model.hidden", "is not field=value,value"),
+        ("model.convmixerseg.hidden=4,four", "expected a int"),
+        (
+            "model.convmixerseg.hidden=4,4",
+            "sweep.grid: model.convmixerseg.hidden repeats a value",
+        ),
+        ("model.convmixerseg.hidden", "is not field=value,value"),
     ],
 )
 def test_bad_grids_are_one_line_errors(spec, message):

@@ -236,7 +236,12 @@ CASES = [
     sweep("one_phantom_volume", ("--config.data.phantom_volumes=1",), 2, ("phantom_volumes=1",)),
     sweep("seed_chunk", ("--config.train.seed_chunk=-1",), 2, ("config.train.seed_chunk",)),
     sweep("learning_rate", ("--config.train.learning_rate=0.0",), 2, ("learning_rate",)),
-    sweep("upsample", ("--config.model.upsample=nearest",), 2, ("config.model.upsample",)),
+    sweep(
+        "upsample",
+        ("--config.model.convmixerseg.upsample=nearest",),
+        2,
+        ("config.model.convmixerseg.upsample",),
+    ),
     sweep("batch_over_split", ("--config.train.batch_size=1000",), 2, ("batch_size=1000", "split")),
     sweep("stray_argument", ("7",), 2, ("7", "unexpected argument")),
     sweep("dry_run_epochs", ("--dry_run", "--config.train.epochs=0"), 2, ("train.epochs=0",)),

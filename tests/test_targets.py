@@ -185,14 +185,15 @@ class _FakeGpu:
 def test_a_cheaper_execution_wins_when_it_fits_the_same_chunk(monkeypatch):
     config = load_config("configs/cam_beta.py:tiny")
     config.model.remat = True
-    config.model.decoder_chunk = 2
+    config.model.convmixerseg.decoder_chunk = 2
     seen = []
 
     def fake_step_bytes(config, trainer, layout, n, quiet=False):
-        seen.append((bool(config.model.remat), int(config.model.decoder_chunk)))
+        seen.append((bool(config.model.remat), int(config.model.convmixerseg.decoder_chunk)))
         chunk = layout.chunk if 0 < layout.chunk < n else n
         # remat off doubles the activations; the plain decoder costs a little more memory.
-        per = (1.0 if config.model.remat else 2.0) + (0.0 if config.model.decoder_chunk else 0.25)
+        fused = config.model.convmixerseg.decoder_chunk
+        per = (1.0 if config.model.remat else 2.0) + (0.0 if fused else 0.25)
         return int((1 + per * chunk) * 2**30)
 
     monkeypatch.setattr(planning, "step_bytes", fake_step_bytes)
@@ -208,11 +209,13 @@ def test_a_cheaper_execution_wins_when_it_fits_the_same_chunk(monkeypatch):
     )
     # The config's own execution fits all 4; of the cheaper ones (fewest FLOPs first) only
     # remat on + the plain decoder fits 4 as well, and it wins.
-    want = {"model.remat": True, "model.remat_group": 0, "model.decoder_chunk": 0}
+    c = "model.convmixerseg"
+    want = {"model.remat": True, f"{c}.remat_group": 0, f"{c}.decoder_chunk": 0}
     assert plan.chunk == 4 and plan.execution == want
     assert seen[-1] == (True, 0)
     assert (
-        "execution model.remat=True, model.remat_group=0, model.decoder_chunk=0" in plan.describe(4)
+        f"execution model.remat=True, {c}.remat_group=0, {c}.decoder_chunk=0"
+        in plan.describe(4)
     )
 
 

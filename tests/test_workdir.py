@@ -2,13 +2,15 @@
 
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
-from cmseg_jax import errors, results
+from cmseg_jax import config_base, errors, results
 from cmseg_jax import workdir as workdir_io
 from cmseg_jax.config_base import get_base_config
+from tests.conftest import load_config
 
 SPLITS = ("train", "val", "test")
 SEEDS = [3, 7]
@@ -36,8 +38,63 @@ def test_config_round_trip(tmp_path):
     assert record["seeds"] == SEEDS and record["train"]["epochs"] == 7
     got, seeds = workdir_io.read_config(tmp_path)
     assert seeds == SEEDS
+    # Of the networks' sub-dicts only the run's own is recorded.
+    assert "convmixerseg" in record["model"] and "fcn_resnet50" not in record["model"]
+    del config.model["fcn_resnet50"]
     assert json.loads(got.to_json()) == json.loads(config.to_json())  # tuples come back as lists
     assert workdir_io.config_record(got, seeds) == record
+
+
+LEGACY = pathlib.Path(__file__).parent / "data" / "legacy_cam_beta_tiny" / "config.json"
+
+
+def test_a_flat_config_json_of_an_earlier_version_reads_in_todays_form(tmp_path):
+    """config.json written before the networks' fields moved into config.model.<arch>."""
+    old = json.loads(LEGACY.read_text())
+    assert old["model"]["hidden"] == 8 and "convmixerseg" not in old["model"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    got, seeds = workdir_io.read_config(tmp_path)
+    assert got.model.convmixerseg.hidden == 8 and got.model.convmixerseg.depth == 1
+    assert "hidden" not in got.model and "fcn_resnet50" not in got.model
+    # It identifies the same run as today's config of that command.
+    (tmp_path / "metrics.jsonl").write_text("")
+    today = config_base.resolve(load_config("configs/cam_beta.py:tiny,train.epochs=1"))
+    workdir_io.check_same_run(tmp_path, workdir_io.config_record(today, seeds))
+    today.model.convmixerseg.hidden = 16
+    changed = r"different settings \(model.convmixerseg.hidden\)"
+    with pytest.raises(errors.UsageError, match=changed):
+        workdir_io.check_same_run(tmp_path, workdir_io.config_record(today, seeds))
+
+
+def test_an_earlier_fcn_config_json_keeps_its_width_and_drops_the_other_networks_fields(tmp_path):
+    old = json.loads(LEGACY.read_text())
+    old["model"].update(arch="fcn_resnet50", fcn_width=8, smoothing=False)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    got, _ = workdir_io.read_config(tmp_path)
+    assert got.model.fcn_resnet50.width == 8
+    assert "convmixerseg" not in got.model and "hidden" not in got.model
+    assert "fcn_width" not in got.model
+
+
+def test_an_earlier_grid_spec_and_its_point_directories_are_found(tmp_path):
+    old = json.loads(LEGACY.read_text())
+    old["sweep"] = {"grid": "model.hidden=4,8; train.learning_rate=0.01,0.003"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    got, _ = workdir_io.read_config(tmp_path)
+    assert got.sweep.grid == "model.convmixerseg.hidden=4,8; train.learning_rate=0.01,0.003"
+    # Today's specs come back as written, spacing included.
+    today = "model.smoothing_sigma=3,5 ;train.learning_rate=0.01"
+    old["sweep"] = {"grid": today}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert workdir_io.read_config(tmp_path)[0].sweep.grid == today
+    # A point directory named by the flat field is the point's, where only it exists.
+    point = {"model.convmixerseg.hidden": 4, "train.learning_rate": 0.01}
+    grid = tmp_path / "grid"
+    assert workdir_io.point_dir(grid, point) == grid / config_base.point_name(point)
+    (grid / "model.hidden=4,train.learning_rate=0.01").mkdir(parents=True)
+    assert workdir_io.point_dir(grid, point).name == "model.hidden=4,train.learning_rate=0.01"
+    (grid / config_base.point_name(point)).mkdir()
+    assert workdir_io.point_dir(grid, point) == grid / config_base.point_name(point)
     _no_temporaries(tmp_path)
 
 

@@ -118,4 +118,6 @@ def depthwise_conv(x: jnp.ndarray, kernel: jnp.ndarray, impl: str = "auto") -> j
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1],
         )
-    raise ValueError(f"model.depthwise_impl must be 'auto', 'conv' or 'shift', got {impl!r}")
+    raise ValueError(
+        f"model.convmixerseg.depthwise_impl must be 'auto', 'conv' or 'shift', got {impl!r}"
+    )

@@ -38,7 +38,7 @@ def expand_grids(workdirs: Sequence[pathlib.Path]) -> tuple[list[pathlib.Path], 
         config, _ = workdir_io.read_config(path)
         traced, untraced = config_base.split_grid(config)
         points = config_base.grid_points({**untraced, **traced})
-        dirs = [path / GRID_DIR / config_base.point_name(p) for p in points]
+        dirs = [workdir_io.point_dir(path / GRID_DIR, p) for p in points]
         out += [d for d in dirs if d.is_dir()]
         grids.append({"workdir": path, "fields": [*untraced, *traced], "points": points})
     return out, grids
@@ -115,7 +115,7 @@ def _grid_figure(g: dict, runs: list[Run], out: pathlib.Path) -> list[str]:
         return []
     field = g["fields"][0]
     by_dir = {r.workdir.resolve(): r for r in runs}
-    dirs = [g["workdir"] / GRID_DIR / config_base.point_name(p) for p in g["points"]]
+    dirs = [workdir_io.point_dir(g["workdir"] / GRID_DIR, p) for p in g["points"]]
     chosen = [(p[field], by_dir[d.resolve()]) for p, d in zip(g["points"], dirs, strict=True)]
     name = f"grid_{_slug(field)}.png"
     if not figures.plot_grid([r for _, r in chosen], field, [v for v, _ in chosen], out / name):

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from cmseg_jax import config_base
+from cmseg_jax import workdir as workdir_io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,7 @@ class RunAxis:
         return slice(i * n, (i + 1) * n)
 
     def point_dir(self, i: int) -> pathlib.Path:
-        return self.grid_root / config_base.point_name(self.point(i))
+        return workdir_io.point_dir(self.grid_root, self.point(i))
 
 
 def plain(seeds) -> RunAxis:

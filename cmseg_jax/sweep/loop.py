@@ -118,7 +118,7 @@ def _run_programs(config, workdir, seeds, traced, untraced, progress, stop) -> d
     outs, summary = [], []
     for fixed in config_base.grid_points(untraced):
         sub = grid.program_config(config, fixed, traced)
-        sub_dir = workdir / workdir_io.PROGRAMS_DIR / config_base.point_name(fixed)
+        sub_dir = workdir_io.point_dir(workdir / workdir_io.PROGRAMS_DIR, fixed)
         points = tuple(config_base.grid_points(traced))
         axis = grid.RunAxis(tuple(seeds), points, fixed, workdir / workdir_io.GRID_DIR)
         workdir_io.check_start(sub_dir, sub, seeds)

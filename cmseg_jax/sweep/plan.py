@@ -70,11 +70,12 @@ def specialise(config: ml_collections.ConfigDict, platform: str) -> ml_collectio
     """``config`` with its platform-dependent choices made for ``platform``: the depthwise conv's
     'auto' becomes 'shift' on a CPU and 'conv' elsewhere (``models/depthwise.py``), so a plan made
     on one machine for another compiles what the other will run."""
-    if config.model.depthwise_impl != "auto":
+    own = registry.own(config)
+    if own.get("depthwise_impl") != "auto":  # set, or a network without that choice
         return config
     out = config.copy_and_resolve_references()
     with out.unlocked():
-        out.model.depthwise_impl = "shift" if platform == "cpu" else "conv"
+        registry.own(out).depthwise_impl = "shift" if platform == "cpu" else "conv"
     return out
 
 
@@ -280,8 +281,8 @@ class Plan:
       data_bytes: per-device bytes of the resident data.
       budget: per-device bytes planned for, and ``budget_source`` where that figure comes from.
       compiler: whose memory analysis it is (the device kind and the compiler).
-      execution: the model fields the plan set (``model.remat``, ``model.remat_group``,
-        ``model.decoder_chunk``) where
+      execution: the model fields the plan set (``model.remat``,
+        ``model.convmixerseg.remat_group``, ``model.convmixerseg.decoder_chunk``) where
         a cheaper execution fits the same chunk; empty when the config's own is kept.
       reason: why this width (the roofline floor of a chunk on the target).
       measured: {seeds per chunk: compiled bytes per device (inf: refused)} of every chunk the
@@ -332,14 +333,11 @@ def _executions(config: ml_collections.ConfigDict) -> list[dict]:
         return []
     own = cost.train_step_flops(config)
     out = []
-    own_group = int(config.model.get("remat_group", 0))
+    remat_field, group_field, chunk_field = registry.CONVMIXERSEG.executions
+    own_group = int(config.model.convmixerseg.remat_group)
     for remat, group in ((False, own_group), (True, 0), (True, own_group)):
-        for chunk in (0, int(config.model.decoder_chunk)):
-            change = {
-                "model.remat": remat,
-                "model.remat_group": group,
-                "model.decoder_chunk": chunk,
-            }
+        for chunk in (0, int(config.model.convmixerseg.decoder_chunk)):
+            change = {remat_field: remat, group_field: group, chunk_field: chunk}
             flops = cost.train_step_flops(with_fields(config, change))
             if flops < own:  # the config's own execution costs exactly ``own``
                 out.append((flops, change))
@@ -348,8 +346,9 @@ def _executions(config: ml_collections.ConfigDict) -> list[dict]:
 
 def _refusal(where: str, detail: str) -> errors.UsageError:
     return errors.UsageError(
-        f"{where}: {detail}; try --config.model.dtype=bfloat16, --config.model.decoder_chunk=1, "
-        "--config.model.remat=true, --config.model.remat_group=4, a smaller "
+        f"{where}: {detail}; try --config.model.dtype=bfloat16, "
+        "--config.model.convmixerseg.decoder_chunk=1, --config.model.remat=true, "
+        "--config.model.convmixerseg.remat_group=4, a smaller "
         "--config.train.batch_size or --config.train.seed_chunk"
     )
 
@@ -375,9 +374,9 @@ def plan_layout(
     planned with no explicit budget and 'vmap' otherwise.
 
     On an accelerator, with ``make_trainer`` and ``train.plan_execution``, a cheaper execution
-    (``model.remat`` off or one level, ``model.decoder_chunk = 0``: fewer FLOPs per seed-step,
-    the same function)
-    replaces the config's own when it fits the same chunk: memory is the gate, FLOPs decide.
+    (``model.remat`` off or one level, ``model.convmixerseg.decoder_chunk = 0``: fewer FLOPs
+    per seed-step, the same function) replaces the config's own when it fits the same chunk:
+    memory is the gate, FLOPs decide.
 
     A chunk fixed without measuring (explicit, or 'map') is compiled for its memory only with
     ``measure_fixed``; otherwise ``program_bytes`` is 0 (not measured). ``devices`` default to the
