@@ -303,6 +303,14 @@ def last_line(exc: BaseException) -> str:
     return rest if sep and head.isidentifier() and head.endswith("Error") else line
 
 
+def _moved_field(field: str) -> str | None:
+    """Where a network's flat field of older configs is now (``model.hidden`` ->
+    ``model.convmixerseg.hidden``), or None."""
+    from cmseg_jax.models.registry import legacy_fields
+
+    return legacy_fields().get(field)
+
+
 def _flag_error(exc: BaseException, argv: Sequence[str]) -> str:
     """One line for a command line that does not parse, naming the flag."""
     import ml_collections
@@ -325,6 +333,9 @@ def _flag_error(exc: BaseException, argv: Sequence[str]) -> str:
             node = config
             for part in name.split(".")[1:]:
                 if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                    moved = _moved_field(name.removeprefix("config."))
+                    if moved:
+                        return f"--{name}: no such config field; it is now --config.{moved}"
                     group = isinstance(node, ml_collections.ConfigDict)
                     fields = ", ".join(sorted(node.keys())) if group else ""
                     return f"--{name}: no such config field" + (

@@ -242,6 +242,12 @@ CASES = [
         2,
         ("config.model.convmixerseg.upsample",),
     ),
+    sweep(
+        "moved_field",
+        ("--config.model.hidden=4",),
+        2,
+        ("--config.model.hidden", "it is now --config.model.convmixerseg.hidden"),
+    ),
     sweep("batch_over_split", ("--config.train.batch_size=1000",), 2, ("batch_size=1000", "split")),
     sweep("stray_argument", ("7",), 2, ("7", "unexpected argument")),
     sweep("dry_run_epochs", ("--dry_run", "--config.train.epochs=0"), 2, ("train.epochs=0",)),
