@@ -27,6 +27,7 @@ include elementwise work; its bytes are XLA's "bytes accessed", not a floor).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -171,7 +172,7 @@ def step_cost(config: ml_collections.ConfigDict, compiled_step: Callable[[], Any
 
     Returns:
       {"flops", "bytes", "source"}: this module's model for ConvMixerSeg ('analytic; bytes a
-      floor'), XLA's cost analysis otherwise.
+      floor'), XLA's cost analysis otherwise; None where the compiler reports none.
     """
     if registry.of(config).analytic_cost:
         return {
@@ -180,9 +181,15 @@ def step_cost(config: ml_collections.ConfigDict, compiled_step: Callable[[], Any
             "source": "analytic (cmseg_jax/cost.py); bytes a floor",
         }
     analysis = compiled_step().cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+    analysis = analysis[0] if isinstance(analysis, list | tuple) and analysis else analysis
+    if not analysis or "flops" not in analysis:  # XLA:GPU compiled deviceless reports none
+        return {
+            "flops": None,
+            "bytes": None,
+            "source": "not reported: this compiler gives no cost analysis of the compiled step",
+        }
     return {
         "flops": float(analysis["flops"]),
-        "bytes": float(analysis["bytes accessed"]),
+        "bytes": float(analysis.get("bytes accessed", math.nan)),
         "source": "XLA cost analysis of the compiled step; bytes as XLA accesses them",
     }

@@ -90,6 +90,18 @@ def test_deviceless_plan_for_a_target(target, kind, compiler):
     assert _stderr_lines(proc) == [], proc.stderr[-3000:]
 
 
+def test_a_network_without_a_cost_model_plans_where_the_compiler_reports_no_cost():
+    """FCN-ResNet-50's FLOPs come from XLA's cost analysis, which XLA:GPU compiling deviceless
+    does not give: the plan says so instead of failing."""
+    proc = dry_run(
+        "--config=configs/fcn_resnet50.py:tiny", "--num_seeds=2", "--config.train.target=h100"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _line(proc, "flops_per_seed_step:") == "flops_per_seed_step: not reported"
+    assert _line(proc, "cost_source:").startswith("cost_source: not reported")
+    assert "2 per chunk" in _line(proc, "layout:")
+
+
 def test_a_target_too_small_is_one_line():
     proc = dry_run(
         "--config=configs/cam_beta.py:tiny",

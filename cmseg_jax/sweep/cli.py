@@ -88,8 +88,9 @@ def main(argv: Sequence[str]) -> None:
 def _print_seed_step(info: dict) -> None:
     print(f"device: {info['device']} (compiled by {info['compiler']})")
     print(f"params: {info['params']}")
-    print(f"flops_per_seed_step: {info['flops_per_seed_step']:.4g}")
-    print(f"bytes_per_seed_step: {info['bytes_per_seed_step']:.4g}")
+    for name in ("flops_per_seed_step", "bytes_per_seed_step"):
+        value = info[name]
+        print(f"{name}: " + ("not reported" if value is None else f"{value:.4g}"))
     print(f"cost_source: {info['cost_source']}")
     print(f"state_bytes_per_seed: {info['state_bytes_per_seed']}")
     print(f"temp_bytes_per_seed_step: {info['temp_bytes_per_seed_step']}", flush=True)
