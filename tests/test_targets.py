@@ -255,3 +255,25 @@ def test_the_widest_chunk_gives_way_to_one_that_pads_less():
     assert planning.least_padding([c for c in options if c <= 24], 48) == 24
     # 47 seeds that fit 10: one padded seed (6 × 8), never 47 chunks of one.
     assert planning.least_padding([c for c in planning.balanced_chunks(47) if c <= 10], 47) == 8
+
+
+def test_the_plan_says_when_the_resident_data_hold_the_chunk_back(monkeypatch):
+    config = load_config("configs/cam_beta.py:tiny")
+    config.train.seed_layout = "vmap"
+    gib = 2**30
+
+    def fake_step_bytes(config, trainer, layout, n, quiet=False):
+        chunk = layout.chunk if 0 < layout.chunk < n else n
+        return int(4 * gib + 1.5 * gib * chunk)
+
+    monkeypatch.setattr(planning, "step_bytes", fake_step_bytes)
+    # 45 GiB for the step and the data: 24 per chunk (40 GiB) fits alone, not beside 10 GiB.
+    config.train.memory_budget_gb = 45 / planning.HEADROOM
+    plan = planning.plan_layout(config, None, 48, data_bytes=10 * gib)
+    assert plan.chunk == 16 and plan.held_by_data == 24, plan
+    assert "the resident data hold the chunk back: 24 per chunk compiled to 40.00 GiB" in (
+        plan.describe(48)
+    )
+    # With little data nothing is held back, and the plan says nothing of it.
+    plan = planning.plan_layout(config, None, 48, data_bytes=gib)
+    assert plan.held_by_data == 0 and "hold the chunk back" not in plan.describe(48)

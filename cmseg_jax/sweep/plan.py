@@ -287,6 +287,8 @@ class Plan:
       reason: why this width (the roofline floor of a chunk on the target).
       measured: {seeds per chunk: compiled bytes per device (inf: refused)} of every chunk the
         search compiled with the config's own execution.
+      held_by_data: the widest chunk the search compiled that fits the budget's share without
+        the resident data but not beside them (0: none; the data do not hold the plan back).
     """
 
     layout: SeedLayout
@@ -300,6 +302,7 @@ class Plan:
     execution: dict = dataclasses.field(default_factory=dict)
     reason: str = ""
     measured: dict = dataclasses.field(default_factory=dict)
+    held_by_data: int = 0
 
     @property
     def per_device(self) -> int:
@@ -323,6 +326,12 @@ class Plan:
             text += f"; compiled by {self.compiler}"
         if self.execution:
             text += "; execution " + ", ".join(f"{k}={v}" for k, v in self.execution.items())
+        if self.held_by_data:
+            text += (
+                f"; the resident data hold the chunk back: {self.held_by_data} per chunk "
+                f"compiled to {self.measured[self.held_by_data] / gib:.2f} GiB, which fits "
+                "without them and not beside them"
+            )
         return text + (f"; {self.reason}" if self.reason else "")
 
 
@@ -474,6 +483,11 @@ def plan_layout(
                 execution = change
                 break
     used = with_fields(config, execution) if execution else config
+    held = [
+        c
+        for (c, key), size in sizes.items()
+        if key == () and c > (chunk or local) and size[2] <= limit < size[2] + data_bytes
+    ]
     return Plan(
         layout,
         mode,
@@ -486,6 +500,7 @@ def plan_layout(
         execution=execution,
         reason=roofline(used, target, min(chunk or local, local)),
         measured={c: size[2] for (c, key), size in sorted(sizes.items()) if key == ()},
+        held_by_data=max(held, default=0),
     )
 
 
