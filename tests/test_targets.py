@@ -86,6 +86,10 @@ def test_deviceless_plan_for_a_target(target, kind, compiler):
     assert "not a measured time" in layout
     gib = float(_line(proc, "estimated_device_bytes:").split()[1])
     assert 0 <= gib < targets.get(target).memory_bytes / 2**30
+    # The final ensemble's working set beyond the resident states, by the target's compiler.
+    value, unit = _line(proc, "ensemble_bytes_per_device:").split()[1:3]
+    ensemble = float(value) * {"MiB": 2**20, "GiB": 2**30}[unit]
+    assert 0 < ensemble < targets.get(target).memory_bytes
     # The compilers' own logging of absent hardware stays off the terminal.
     assert _stderr_lines(proc) == [], proc.stderr[-3000:]
 

@@ -209,9 +209,10 @@ def ensemble_bytes(
     config: ml_collections.ConfigDict, trainer: Trainer, layout: SeedLayout, n: int, quiet=False
 ) -> int:
     """Per-device bytes the ensemble pass (:mod:`cmseg_jax.sweep.ensemble`) needs beyond the
-    seeds' states and the data already resident: XLA's temporaries and outputs of the compiled
-    pass for ``n`` seed rows laid out by ``layout``, on splits of one evaluation batch each (its
-    working set does not grow with the split). Memory, not time.
+    seeds' states and the data already resident: the footprint of the compiled pass
+    (:func:`_footprint`: XLA:TPU's peak on a TPU, the sum of its parts elsewhere) less its
+    arguments, for ``n`` seed rows laid out by ``layout``, on splits of one evaluation batch
+    each (its working set does not grow with the split). Memory, not time.
 
     Raises:
       DoesNotFit: the device's compiler refused the program for want of memory.
@@ -234,7 +235,13 @@ def ensemble_bytes(
     weights = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=layout.replicated)
     lowered = fn.lower(states, {name: split for name in ("train", "val", "test")}, weights)
     mem = compile_for_memory(lowered, quiet).memory_analysis()
-    return 0 if mem is None else mem.temp_size_in_bytes + mem.output_size_in_bytes
+    if mem is None:
+        return 0
+    platform = layout.mesh.devices.flat[0].platform
+    peak = int(getattr(mem, "peak_memory_in_bytes", 0) or 0)
+    if platform == "tpu" and peak > 0:  # as :func:`_footprint`, less the arguments
+        return max(peak - mem.argument_size_in_bytes, 0)
+    return mem.temp_size_in_bytes + mem.output_size_in_bytes
 
 
 def balanced_chunks(local: int) -> list[int]:
