@@ -91,6 +91,50 @@ def plan_one(name: str, target: str, dtype: str, num_seeds: int, overrides: list
     }
 
 
+def _gib(value) -> str:
+    return "—" if value in (None, math.inf) else f"{value / 2**30:.2f}"
+
+
+def render(out: str, targets_: list[str]) -> str:
+    """The recorded plans as one markdown table (README): every config × dtype of each target."""
+    rows = [
+        "| target | config | dtype | 1 seed per chunk (48 states), GiB | seeds per chunk × "
+        "chunks | planned step + data, GiB | TFLOP / GB per seed-step | epoch floor from peaks |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for target in targets_:
+        path = pathlib.Path(out) / f"aot-{target}.json"
+        if not path.exists():
+            continue
+        plans = json.loads(path.read_text())["plans"]
+        order = {name: i for i, name in enumerate(CONFIGS)}
+        for key in sorted(plans, key=lambda k: (order.get(k.split(",")[0], 99), k)):
+            r = plans[key]
+            if "error" in r:
+                rows.append(f"| {target} | {r['config']} | {r['dtype']} | {r['error']} ||||")
+                continue
+            one = r["compiled_bytes_by_chunk"].get("1")
+            chunks = r["padded_seeds"] // r["seeds_per_chunk"]
+            flops, moved = r.get("flops_per_seed_step"), r.get("bytes_per_seed_step")
+            cost_text = (
+                "not reported" if flops is None else f"{flops / 1e12:.2f} / {moved / 1e9:.0f}"
+            )
+            floor = r.get("epoch_floor_s_from_peaks")
+            execution = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["execution"].items())
+            padded = r["padded_seeds"] != r["num_seeds"]
+            rows.append(
+                f"| {target} | {r['config']} | {r['dtype']} | "
+                f"{_gib(one) if one else 'not compiled (all fit)'} | "
+                f"{r['seeds_per_chunk']} × {chunks}"
+                + (f" (padded to {r['padded_seeds']})" if padded else "")
+                + (f"; {execution}" if execution else "")
+                + f" | {_gib(r['program_bytes'])} + {_gib(r['data_bytes'])} | {cost_text} | "
+                + ("—" if floor is None else f"{floor:.0f} s")
+                + " |"
+            )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", nargs="+", default=["tpu-v5e", "h100"])
@@ -99,7 +143,13 @@ def main() -> None:
     parser.add_argument("--num_seeds", type=int, default=48)
     parser.add_argument("--set", nargs="*", default=[], help="extra config field=value items")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument(
+        "--render_only", action="store_true", help="print the recorded plans as a markdown table"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        print(render(args.out, args.targets))
+        return
     for target in args.targets:
         path = pathlib.Path(args.out) / f"aot-{target}.json"
         doc = json.loads(path.read_text()) if path.exists() else {"plans": {}}
