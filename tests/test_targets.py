@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 
+import jax
 import pytest
 
 from cmseg_jax import errors
@@ -281,3 +282,37 @@ def test_the_plan_says_when_the_resident_data_hold_the_chunk_back(monkeypatch):
     # With little data nothing is held back, and the plan says nothing of it.
     plan = planning.plan_layout(config, None, 48, data_bytes=gib)
     assert plan.held_by_data == 0 and "hold the chunk back" not in plan.describe(48)
+
+
+class _FailingLowered:
+    def __init__(self, message):
+        self.message = message
+
+    def compile(self):
+        raise jax.errors.JaxRuntimeError(self.message)
+
+
+def test_a_compiler_failure_counts_as_not_fitting_and_is_named(monkeypatch):
+    # XLA's own errors become the planner's: memory -> DoesNotFit, anything else -> CompileFailed.
+    with pytest.raises(planning.CompileFailed, match="the compiler failed: INTERNAL: Couldn't"):
+        planning.compile_for_memory(_FailingLowered("INTERNAL: Couldn't find output tile sizes"))
+    with pytest.raises(planning.DoesNotFit) as refusal:
+        planning.compile_for_memory(_FailingLowered("RESOURCE_EXHAUSTED: Used 90G of 80G hbm"))
+    assert not isinstance(refusal.value, planning.CompileFailed)
+    assert refusal.value.detail == "uses 90G of 80G hbm"
+    config = load_config("configs/cam_beta.py:tiny")
+    config.train.seed_layout = "vmap"
+    gib = 2**30
+
+    def fake_step_bytes(config, trainer, layout, n, quiet=False):
+        chunk = layout.chunk if 0 < layout.chunk < n else n
+        if chunk == 7:
+            raise planning.CompileFailed("the compiler failed: INTERNAL: no tiling")
+        return int(4 * gib + 1.5 * gib * chunk)
+
+    monkeypatch.setattr(planning, "step_bytes", fake_step_bytes)
+    config.train.memory_budget_gb = (4 + 1.5 * 12 + 1) / planning.HEADROOM
+    plan = planning.plan_layout(config, None, 48, data_bytes=gib)
+    # 12 would fit, but the bisection met the failure at 7 first: the plan says so.
+    assert plan.chunk < 7 and plan.failed == {7: "the compiler failed: INTERNAL: no tiling"}
+    assert "7 per chunk counted as not fitting (the compiler failed: INTERNAL" in plan.describe(48)

@@ -128,17 +128,28 @@ class DoesNotFit(Exception):
         self.detail = detail
 
 
+class CompileFailed(DoesNotFit):
+    """XLA failed to compile the program for another reason than memory (an internal error of
+    the compiler, such as XLA:GPU's "Couldn't find output tile sizes" for FCN-ResNet-50's
+    vmapped bilinear resize): the planner cannot run it, so it counts as not fitting and the
+    plan names it."""
+
+
 _EXHAUSTED = re.compile(r"Used ([\d.]+\w?) of ([\d.]+\w?) (\w+)")
 
 
 def compile_for_memory(lowered, quiet: bool = False):
-    """Compiles ``lowered``; XLA's out-of-memory refusal becomes :class:`DoesNotFit`."""
+    """Compiles ``lowered``; XLA's out-of-memory refusal becomes :class:`DoesNotFit`, any other
+    failure of the compiler :class:`CompileFailed` (its first line, shortened)."""
     try:
         return targets.compile_quietly(lowered) if quiet else lowered.compile()
-    except Exception as e:
+    except jax.errors.JaxRuntimeError as e:
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
-            raise
+            line = errors.first_line(e)
+            raise CompileFailed(
+                f"the compiler failed: {line[:120]}{'…' if len(line) > 120 else ''}"
+            ) from None
         found = _EXHAUSTED.search(text)
         detail = f"uses {found[1]} of {found[2]} {found[3]}" if found else errors.first_line(e)
         raise DoesNotFit(detail) from None
@@ -296,6 +307,8 @@ class Plan:
         search compiled with the config's own execution.
       held_by_data: the widest chunk the search compiled that fits the budget's share without
         the resident data but not beside them (0: none; the data do not hold the plan back).
+      failed: {seeds per chunk: why} of the chunks the compiler failed on for another reason
+        than memory (:class:`CompileFailed`), counted as not fitting.
     """
 
     layout: SeedLayout
@@ -310,6 +323,7 @@ class Plan:
     reason: str = ""
     measured: dict = dataclasses.field(default_factory=dict)
     held_by_data: int = 0
+    failed: dict = dataclasses.field(default_factory=dict)
 
     @property
     def per_device(self) -> int:
@@ -333,6 +347,10 @@ class Plan:
             text += f"; compiled by {self.compiler}"
         if self.execution:
             text += "; execution " + ", ".join(f"{k}={v}" for k, v in self.execution.items())
+        if self.failed:
+            text += "; " + "; ".join(
+                f"{c} per chunk counted as not fitting ({why})" for c, why in self.failed.items()
+            )
         if self.held_by_data:
             text += (
                 f"; the resident data hold the chunk back: {self.held_by_data} per chunk "
@@ -417,6 +435,7 @@ def plan_layout(
     )
     limit = budget * HEADROOM  # for the step and the resident data together
     sizes: dict = {}
+    failed: dict = {}
 
     def measure(chunk, cfg=config, tr=trainer, key=()):
         if (chunk, key) not in sizes:
@@ -424,6 +443,10 @@ def plan_layout(
             padded = layout.padded(num_seeds)
             try:
                 program, refusal = step_bytes(cfg, tr, layout, padded, quiet=quiet), ""
+            except CompileFailed as e:
+                program, refusal = math.inf, e.detail
+                if key == ():
+                    failed[chunk] = e.detail
             except DoesNotFit as e:
                 program, refusal = math.inf, e.detail
             sizes[chunk, key] = (layout, padded, program, refusal)
@@ -508,6 +531,7 @@ def plan_layout(
         reason=roofline(used, target, min(chunk or local, local)),
         measured={c: size[2] for (c, key), size in sorted(sizes.items()) if key == ()},
         held_by_data=max(held, default=0),
+        failed=dict(sorted(failed.items())),
     )
 
 
