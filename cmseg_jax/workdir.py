@@ -97,10 +97,12 @@ def config_record(config: ml_collections.ConfigDict, seeds: Sequence[int]) -> di
     sub-dicts (``config.model.<arch>``) only the run's own is kept: the others do not describe
     the run."""
     record = json.loads(config.to_json())
-    arch = registry.of(config).name
-    for name in registry.MODELS:
-        if name != arch:
-            record["model"].pop(name, None)
+    model = record.get("model")
+    if isinstance(model, dict):
+        arch = model.get("arch", "convmixerseg")
+        for name in registry.MODELS:
+            if name != arch:
+                model.pop(name, None)
     record["seeds"] = [int(s) for s in seeds]
     return record
 
