@@ -316,3 +316,14 @@ def test_a_compiler_failure_counts_as_not_fitting_and_is_named(monkeypatch):
     # 12 would fit, but the bisection met the failure at 7 first: the plan says so.
     assert plan.chunk < 7 and plan.failed == {7: "the compiler failed: INTERNAL: no tiling"}
     assert "7 per chunk counted as not fitting (the compiler failed: INTERNAL" in plan.describe(48)
+
+
+def test_a_refusal_suggests_only_what_would_change_for_that_network():
+    fcn = load_config("configs/fcn_resnet50.py:tiny,model.dtype=bfloat16,model.remat=true")
+    text = str(planning._refusal(fcn, "h100", "does not fit"))
+    assert "convmixerseg" not in text and "dtype" not in text and "model.remat" not in text
+    assert text.endswith("try a smaller --config.train.batch_size or --config.train.seed_chunk")
+    cam = load_config("configs/cam_beta.py")  # thesis: remat on, nested, fused decoder of 2
+    text = str(planning._refusal(cam, "h100", "does not fit"))
+    want = "--config.model.dtype=bfloat16, --config.model.convmixerseg.decoder_chunk=1, a smaller"
+    assert want in text

@@ -49,6 +49,8 @@ class Model:
       choices: field of its sub-dict -> the values it may take.
       executions: the dotted execution fields (memory, not the function) the planner may change.
       check: (config, head) -> None; the checks across fields (UsageError naming the field).
+      savers: dotted fields -> values that need less device memory (the same function), which a
+        plan that does not fit suggests.
       legacy: flat ``config.model`` names of configs written before the sub-dict -> its field.
     """
 
@@ -63,6 +65,7 @@ class Model:
     choices: dict = dataclasses.field(default_factory=dict)
     executions: tuple[str, ...] = ()
     check: Callable = lambda config, head: None
+    savers: dict = dataclasses.field(default_factory=dict)
     legacy: dict = dataclasses.field(default_factory=dict)
 
     def field(self, name: str) -> str:
@@ -178,6 +181,7 @@ CONVMIXERSEG = Model(
         "model.convmixerseg.decoder_chunk",
     ),
     check=_check_convmixerseg,
+    savers={"model.convmixerseg.decoder_chunk": 1, "model.convmixerseg.remat_group": 4},
     legacy={name: name for name in CONVMIXERSEG_DEFAULTS},
 )
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cmseg_jax import cost, errors
+from cmseg_jax import config_base, cost, errors
 from cmseg_jax.config_base import with_fields
 from cmseg_jax.data import sources
 from cmseg_jax.models import registry
@@ -378,13 +378,16 @@ def _executions(config: ml_collections.ConfigDict) -> list[dict]:
     return [change for _, change in sorted(out, key=lambda fc: fc[0])]
 
 
-def _refusal(where: str, detail: str) -> errors.UsageError:
-    return errors.UsageError(
-        f"{where}: {detail}; try --config.model.dtype=bfloat16, "
-        "--config.model.convmixerseg.decoder_chunk=1, --config.model.remat=true, "
-        "--config.model.convmixerseg.remat_group=4, a smaller "
-        "--config.train.batch_size or --config.train.seed_chunk"
-    )
+def _refusal(config: ml_collections.ConfigDict, where: str, detail: str) -> errors.UsageError:
+    """The one line of a plan that does not fit, with the fields that would need less memory."""
+    savers = {"model.dtype": "bfloat16", "model.remat": True, **registry.of(config).savers}
+    tries = [
+        f"--config.{field}={str(value).lower() if isinstance(value, bool) else value}"
+        for field, value in savers.items()
+        if config_base.lookup(config, field, "config")[2] != value
+    ]
+    tries += ["a smaller --config.train.batch_size", "--config.train.seed_chunk"]
+    return errors.UsageError(f"{where}: {detail}; try {', '.join(tries[:-1])} or {tries[-1]}")
 
 
 def plan_layout(
@@ -486,6 +489,7 @@ def plan_layout(
         padded, program = layout.padded(num_seeds), 0
     if program == math.inf:
         raise _refusal(
+            config,
             where,
             f"the training step with {layout.chunk or local} seed(s) per chunk does not fit "
             f"({sizes[chunk, ()][3]}; data "
@@ -493,6 +497,7 @@ def plan_layout(
         )
     if program + data_bytes > budget:
         raise _refusal(
+            config,
             where,
             f"the training step needs {program / 2**30:.2f} GiB + {data_bytes / 2**30:.2f} GiB "
             f"of data per device with {layout.chunk or local} seed(s) per chunk, more than the "
@@ -591,7 +596,9 @@ def dry_run(
         report(info)
     if compiled is None:
         raise _refusal(
-            f"{info['device']} ({info['compiler']})", f"one seed's step does not fit ({one_seed})"
+            config,
+            f"{info['device']} ({info['compiler']})",
+            f"one seed's step does not fit ({one_seed})",
         )
     plan = plan_layout(
         config,
