@@ -22,6 +22,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
 
@@ -111,7 +112,16 @@ def render(out: str, targets_: list[str]) -> str:
         for key in sorted(plans, key=lambda k: (order.get(k.split(",")[0], 99), k)):
             r = plans[key]
             if "error" in r:
-                rows.append(f"| {target} | {r['config']} | {r['dtype']} | {r['error']} ||||")
+                found = re.search(r"with (\d+) seed\(s\) per chunk does not fit", r["error"])
+                sizes = re.search(r"temporaries \(([\d.]+G)\) exceeds available HBM \(([\d.]+G)\)",
+                                  r["error"])
+                text = (
+                    f"does not fit at {found[1]} per chunk"
+                    + (f" (temporaries {sizes[1]} > HBM {sizes[2]})" if sizes else "")
+                    if found
+                    else r["error"]
+                )
+                rows.append(f"| {target} | {r['config']} | {r['dtype']} | {text} | — | — | — | — |")
                 continue
             one = r["compiled_bytes_by_chunk"].get("1")
             chunks = r["padded_seeds"] // r["seeds_per_chunk"]
