@@ -26,10 +26,12 @@ SEED_LAYOUTS = ("auto", "vmap", "map")
 
 
 def _get(config: ml_collections.ConfigDict, field: str):
-    try:
-        return config_base.lookup(config, field, "config")[2]
-    except ValueError:
-        raise UsageError(f"config.{field}: missing from the config") from None
+    node = config
+    for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise UsageError(f"config.{field}: missing from the config")
+        node = node[part]
+    return node
 
 
 def _bad(field: str, value, what: str) -> UsageError:

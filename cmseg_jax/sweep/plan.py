@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cmseg_jax import config_base, cost, errors
+from cmseg_jax import cost, errors
 from cmseg_jax.config_base import with_fields
 from cmseg_jax.data import sources
 from cmseg_jax.models import registry
@@ -380,11 +380,12 @@ def _executions(config: ml_collections.ConfigDict) -> list[dict]:
 
 def _refusal(config: ml_collections.ConfigDict, where: str, detail: str) -> errors.UsageError:
     """The one line of a plan that does not fit, with the fields that would need less memory."""
-    savers = {"model.dtype": "bfloat16", "model.remat": True, **registry.of(config).savers}
+    own = registry.MODELS[config.model.get("arch", "convmixerseg")]  # checked by validate
+    savers = {"model.dtype": "bfloat16", "model.remat": True, **own.savers}
     tries = [
         f"--config.{field}={str(value).lower() if isinstance(value, bool) else value}"
         for field, value in savers.items()
-        if config_base.lookup(config, field, "config")[2] != value
+        if functools.reduce(lambda node, key: node[key], field.split("."), config) != value
     ]
     tries += ["a smaller --config.train.batch_size", "--config.train.seed_chunk"]
     return errors.UsageError(f"{where}: {detail}; try {', '.join(tries[:-1])} or {tries[-1]}")
