@@ -225,7 +225,7 @@ def _parse_value(field: str, text: str, old):
     return value
 
 
-def lookup(config: ml_collections.ConfigDict, field: str, where: str):
+def _lookup(config: ml_collections.ConfigDict, field: str, where: str):
     """(the ConfigDict holding dotted ``field``, its leaf name, its value); a one-line error
     starting with ``where`` if there is no such field."""
     *parents, leaf = field.split(".")
@@ -239,7 +239,7 @@ def lookup(config: ml_collections.ConfigDict, field: str, where: str):
 
 
 def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
-    node, leaf, old = lookup(config, field, "config variant item")
+    node, leaf, old = _lookup(config, field, "config variant item")
     node[leaf] = value(old) if callable(value) else value
 
 
@@ -258,7 +258,7 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         field, eq, text = item.partition("=")
         if eq:
             field = field.strip()
-            _, _, old = lookup(config, field, "config variant item")
+            _, _, old = _lookup(config, field, "config variant item")
             _set(config, field, _parse_value(field, text.strip(), old))
         elif item in VARIANTS:
             for name, value in VARIANTS[item].items():
@@ -312,7 +312,7 @@ def parse_grid(config: ml_collections.ConfigDict) -> dict[str, tuple]:
             raise ValueError(f"sweep.grid: {item.strip()!r} is not field=value,value,...")
         if field in grid:
             raise ValueError(f"sweep.grid: {field} appears twice")
-        _, _, old = lookup(config, field, "sweep.grid:")
+        _, _, old = _lookup(config, field, "sweep.grid:")
         if old is None and field in TRACED_FIELDS:  # an unset derived field (σ): typed as traced
             old = np.dtype(TRACED_FIELDS[field].dtype).type(0).item()
         values = tuple(_parse_value(field, v.strip(), old) for v in text.split(","))

@@ -218,9 +218,9 @@ def get(name: str) -> Model:
     return errors.lookup(MODELS, name, "model.arch")
 
 
-def of(config) -> Model:
+def of(config: ml_collections.ConfigDict) -> Model:
     """The network of ``config`` (ConvMixerSeg for a config.json written before ``model.arch``)."""
-    return get(config["model"].get("arch", "convmixerseg"))
+    return get(config.model.get("arch", "convmixerseg"))
 
 
 def legacy_fields() -> dict[str, str]:

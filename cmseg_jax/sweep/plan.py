@@ -249,10 +249,7 @@ def ensemble_bytes(
     if mem is None:
         return 0
     platform = layout.mesh.devices.flat[0].platform
-    peak = int(getattr(mem, "peak_memory_in_bytes", 0) or 0)
-    if platform == "tpu" and peak > 0:  # as :func:`_footprint`, less the arguments
-        return max(peak - mem.argument_size_in_bytes, 0)
-    return mem.temp_size_in_bytes + mem.output_size_in_bytes
+    return max(_footprint(mem, platform) - mem.argument_size_in_bytes, 0)
 
 
 def balanced_chunks(local: int) -> list[int]:
@@ -385,7 +382,7 @@ def _refusal(config: ml_collections.ConfigDict, where: str, detail: str) -> erro
     tries = [
         f"--config.{field}={str(value).lower() if isinstance(value, bool) else value}"
         for field, value in savers.items()
-        if functools.reduce(lambda node, key: node[key], field.split("."), config) != value
+        if config[field] != value  # a ConfigDict reads a dotted key
     ]
     tries += ["a smaller --config.train.batch_size", "--config.train.seed_chunk"]
     return errors.UsageError(f"{where}: {detail}; try {', '.join(tries[:-1])} or {tries[-1]}")
