@@ -248,8 +248,10 @@ def torch_model(
         raise ValueError(f"model.dtype={m.dtype!r}: only float32 is mirrored")
     fields = registry.convmixerseg_fields(config, methods.of(config).head, smoothing)
     # How JAX computes (layout, precision, recomputation) is not part of the function.
-    for name in ("bn_momentum", "depthwise_impl", "dtype", "remat", "decoder_chunk"):
-        del fields[name]
+    # The record's execution fields (remat, remat_group, decoder_chunk, ...) are among them.
+    executions = {field.rsplit(".", 1)[-1] for field in registry.of(config).executions}
+    for name in {"bn_momentum", "depthwise_impl", "dtype", *executions}:
+        fields.pop(name, None)
     return TorchConvMixerSeg(**fields, smoothing_impl=smoothing_impl)
 
 

@@ -52,32 +52,25 @@ def _fwd(x, kernel):
     return _shift_sum(x, kernel), (x, kernel)
 
 
-# Images per step of the kernel gradient's loop: about 256 KiB of input, so that the k² products
-# of a step are summed while their operands are in cache (measured 2.3× faster on XLA:CPU than
-# one pass over the whole batch per kernel row at h = 64, 19², batch 16).
-_KERNEL_GRAD_BYTES = 2**18
-
-
 def _kernel_grad(x: jnp.ndarray, g: jnp.ndarray, k: int) -> jnp.ndarray:
-    """(k, k, C): sum over b, h, w of pad(x)[b, h+i, w+j, c] · g[b, h, w, c]."""
+    """(k, k, C): sum over b, h, w of pad(x)[b, h+i, w+j, c] · g[b, h, w, c].
+
+    A ``lax.scan`` over the k kernel rows, each step the k column taps of one row over the whole
+    batch. XLA:CPU hands every reduction to YNNPACK as its own kernel (its product stored first),
+    so the cost is mostly per-kernel overhead: k steps of k reductions ran 2.1× faster than one
+    loop step per two images with all k² reductions unrolled in it (8.6 against 17.8 ms at h = 64,
+    19², batch 16, 2 cores), and as fast as one step per tap (9.1 ms).
+    """
     p = k // 2
-    b, h, w, c = x.shape
-    per = max(1, min(b, _KERNEL_GRAD_BYTES // (h * w * c * x.dtype.itemsize)))
-    while b % per:
-        per -= 1
+    _, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
 
-    def body(acc, chunk):
-        xc, gc = chunk
-        taps = [
-            [jnp.sum(xc[:, i : i + h, j : j + w, :] * gc, (0, 1, 2), jnp.float32) for j in range(k)]
-            for i in range(k)
-        ]
-        return acc + jnp.stack([jnp.stack(row) for row in taps]), None
+    def row(_, i):
+        rows = lax.dynamic_slice_in_dim(xp, i, h, axis=1)
+        taps = [jnp.sum(rows[:, :, j : j + w, :] * g, (0, 1, 2), jnp.float32) for j in range(k)]
+        return None, jnp.stack(taps)
 
-    chunks = (xp.reshape((b // per, per) + xp.shape[1:]), g.reshape((b // per, per) + g.shape[1:]))
-    zeros = jnp.zeros((k, k, c), jnp.float32)
-    return lax.scan(body, zeros, chunks)[0]
+    return lax.scan(row, None, jnp.arange(k))[1]
 
 
 def _bwd(res, g):
