@@ -138,8 +138,16 @@ def _train_bwd(inside_spec, chunk, res, cotangents):
         d_out = jnp.einsum("...k,dk->...d", dl_c, w)
         out = xhat * scale + offset
         d_xhat = d_out * scale * inside
+        # (K, pixels) @ (pixels, Ct), transposed: the small K-channel maps are the operand laid
+        # out across the contraction; as einsum("...d,...k->dk") XLA:CPU transposed ``out`` (a
+        # C_t-map sized copy) instead.
+        d_w_c = lax.dot_general(
+            dl_c.reshape(-1, dl_c.shape[-1]),
+            out.reshape(-1, out.shape[-1]),
+            (((0,), (0,)), ((), ())),
+        )
         return (
-            acc[0] + jnp.einsum("...d,...k->dk", out, dl_c),
+            acc[0] + d_w_c.T,
             acc[1] + jnp.sum(dl_c, axis=(0, 1, 2, 3, 4)),
             acc[2] + jnp.sum(d_out * xhat, axis=(0, 1, 2, 3, 4)),
             acc[3] + jnp.sum(d_out, axis=(0, 1, 2, 3, 4)),
@@ -164,7 +172,11 @@ def _train_bwd(inside_spec, chunk, res, cotangents):
         d_g = r * (d_xhat - m1 - xhat * m2) + d_mean / count + d_var * 2.0 * (g - mean) / count
         d_f = (d_g * inside * gelu_grad(f.astype(jnp.float32))).astype(y.dtype)
         d_kernel = jnp.einsum("bijc,bijpqd->cpqd", y_c, d_f, preferred_element_type=jnp.float32)
-        d_y = jnp.einsum("bijpqd,cpqd->bijc", d_f, kernel.astype(d_f.dtype))
+        # (pixels, p·p·Ct) @ (p·p·Ct, C): the C_t maps keep their own order (p, q, d) in the
+        # contraction; as an einsum over (p, q, d) XLA:CPU transposed them (a C_t-map sized copy)
+        # instead of the small kernel.
+        flat = kernel.reshape(kernel.shape[0], -1).astype(d_f.dtype)
+        d_y = lax.dot_general(d_f.reshape(d_f.shape[:3] + (-1,)), flat, (((3,), (1,)), ((), ())))
         return (acc[0] + d_kernel, acc[1] + jnp.sum(d_f.astype(jnp.float32), (0, 1, 2, 3, 4))), d_y
 
     (d_kernel, d_bias), d_y = lax.scan(
