@@ -8,8 +8,11 @@ and the user's flags come last. The result is said in one ``XLA:`` line and reco
 ``run.json`` (``"xla"``). ``xla_cpu_*`` flags change only XLA:CPU's compilations (on an
 accelerator: the few host computations).
 
-:data:`CPU_DEFAULTS` is empty: no flag setting has yet been measured to speed up the CPU
-training step (``benchmarks/xla_cpu_flags.py``; what each flag does: ``benchmarks/README.md``).
+:data:`CPU_DEFAULTS` is empty: ``benchmarks/xla_cpu_flags.py`` timed every XLA:CPU library path
+of jaxlib 0.10.2 (oneDNN, XNNPACK, YNNPACK fusion kinds, fast math, vector width, ISA) against
+the default training step on a 2-core AVX-512 host and none was faster beyond the machine's
+drift (the table and what each flag does: ``benchmarks/README.md``). Re-run it on another CPU
+before adding one here.
 """
 
 from __future__ import annotations
