@@ -125,6 +125,21 @@ def sweep_steps(config, trainer, steps, num_seeds: int, data_bytes: int, device,
     return fn, plan
 
 
+def timed_in_turn(fns: dict, repeats: int) -> dict:
+    """Median wall seconds of each ``fns[name]()`` (each blocks until its result is ready), all
+    warmed up first and then timed in turn, one call of each per round: a machine whose speed
+    drifts over the run slows every mode alike instead of the ones that happen to run late."""
+    for fn in fns.values():
+        fn()  # compile + warm up
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def timed(fn, repeats: int) -> float:
     """Median wall seconds of ``fn()`` (which blocks until its result is ready)."""
     fn()  # compile + warm up
@@ -149,8 +164,10 @@ seeds); with `--torch`, the same model, loss and data shapes in PyTorch
 float32, NCHW, one seed after another), **torch_eager_cl** (channels_last), **torch_compile**
 (`torch.compile`, compile time excluded) and **torch_vmap** (`torch.func.stack_module_state` +
 `vmap`; BatchNorm running statistics update per model under it). Median of the timed repeats,
-after one untimed compile-and-warm-up call. MFU and BW are the sweep's achieved fraction of the
-peak FLOP/s and memory bandwidth, from the analytic FLOPs and minimum bytes per seed-step
+after one untimed compile-and-warm-up call; the JAX modes are timed in turn (one call of each
+per round), so that the machine's drift over the run does not favour one of them. MFU and BW
+are the sweep's achieved fraction of the peak FLOP/s and memory bandwidth, from the analytic
+FLOPs and minimum bytes per seed-step
 (`cmseg_jax/cost.py`); on a CPU the peaks are a 2048² float32 matmul and a 256 MiB copy timed
 in the same run, on an accelerator the datasheet. Regenerate: `python
 benchmarks/seeds_throughput.py [--torch]` (writes `results/<device>.json`, then this page from
@@ -335,9 +352,9 @@ def main() -> None:
             ),
         }
         row = {"num_seeds": n, "sweep_layout": f"{plan.mode}, {plan.chunk} per chunk"}
+        seconds = timed_in_turn({mode: runs[mode] for mode in args.modes}, args.repeats)
         for mode in args.modes:
-            seconds = timed(runs[mode], args.repeats)
-            row[mode] = n * args.steps / seconds
+            row[mode] = n * args.steps / seconds[mode]
         if args.torch:
             import torch_reference
 
