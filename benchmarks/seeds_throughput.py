@@ -142,13 +142,7 @@ def timed_in_turn(fns: dict, repeats: int) -> dict:
 
 def timed(fn, repeats: int) -> float:
     """Median wall seconds of ``fn()`` (which blocks until its result is ready)."""
-    fn()  # compile + warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed_in_turn({"fn": fn}, repeats)["fn"]
 
 
 README_HEAD = """# Benchmarks
