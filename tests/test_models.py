@@ -132,22 +132,23 @@ def test_depthwise_kernel_gradient_by_fft_equals_the_direct_sum(shape):
     rng = np.random.default_rng(3)
     x, g, k = rng.normal(size=shape), rng.normal(size=shape), 9
     _, h, w, _ = shape
-    xp = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
-    want = np.array(
-        [[(xp[:, i : i + h, j : j + w] * g).sum((0, 1, 2)) for j in range(k)] for i in range(k)]
-    )
+
+    def direct(x, g):
+        xp = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+        return np.array(
+            [[(xp[:, i : i + h, j : j + w] * g).sum((0, 1, 2)) for j in range(k)] for i in range(k)]
+        )
+
+    want = direct(x, g)
     got = _kernel_grad(jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32), k)
     assert got.shape == (k, k, shape[-1]) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
     # bfloat16 activations: computed in float32 from their values.
-    got16 = _kernel_grad(jnp.asarray(x, jnp.bfloat16), jnp.asarray(g, jnp.bfloat16), k)
-    x16 = np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)
-    g16 = np.asarray(jnp.asarray(g, jnp.bfloat16), np.float64)
-    xp16 = np.pad(x16, ((0, 0), (4, 4), (4, 4), (0, 0)))
-    want16 = np.array(
-        [[(xp16[:, i : i + h, j : j + w] * g16).sum((0, 1, 2)) for j in range(k)] for i in range(k)]
+    x16, g16 = jnp.asarray(x, jnp.bfloat16), jnp.asarray(g, jnp.bfloat16)
+    want16 = direct(np.asarray(x16, np.float64), np.asarray(g16, np.float64))
+    np.testing.assert_allclose(
+        _kernel_grad(x16, g16, k), want16, rtol=0, atol=2e-5 * np.abs(want16).max()
     )
-    np.testing.assert_allclose(got16, want16, rtol=0, atol=2e-5 * np.abs(want16).max())
 
 
 def test_patch_embed_equals_strided_conv():
